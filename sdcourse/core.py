@@ -6,9 +6,10 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 
 # %% auto #0
 __all__ = ['DEVICE_KINDS', 'check_int', 'check_choice', 'available_devices', 'get_device', 'seed_everything', 'make_generator',
-           'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit', 'show_images', 'progress', 'cache_dir']
+           'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit', 'show_images', 'progress', 'cache_dir',
+           'save_weights', 'load_weights', 'save_pretrained_atomic', 'shipped_path']
 
-# %% ../nbs/00_core.ipynb #c422295c
+# %% ../nbs/00_core.ipynb #1f46a43a
 import os, random
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# %% ../nbs/00_core.ipynb #647dada2
+# %% ../nbs/00_core.ipynb #df3dd60b
 def check_int(name, value, lo=None, hi=None):
     "`value` as an int, or a clear error naming `name` when it is not an int in [lo, hi]."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -30,7 +31,7 @@ def check_choice(name, value, choices):
     if value not in choices: raise ValueError(f"{name}={value!r} is not accepted; choose one of {tuple(choices)}")
     return value
 
-# %% ../nbs/00_core.ipynb #58beebd7
+# %% ../nbs/00_core.ipynb #6e1c15b0
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 
 def available_devices():
@@ -53,7 +54,7 @@ def get_device(device=None):
         raise ValueError(f"device={device!r} is not available on this machine; available: {available_devices()}")
     return dev
 
-# %% ../nbs/00_core.ipynb #0b18fff2
+# %% ../nbs/00_core.ipynb #e7310ed8
 def seed_everything(seed):
     "Seed Python, NumPy and PyTorch's global generators with `seed` (an int >= 0)."
     seed = check_int("seed", seed, 0)
@@ -64,7 +65,7 @@ def make_generator(seed, device="cpu"):
     "A `torch.Generator` on `device`, seeded with `seed` (an int >= 0)."
     return torch.Generator(device=get_device(device)).manual_seed(check_int("seed", seed, 0))
 
-# %% ../nbs/00_core.ipynb #29af14c7
+# %% ../nbs/00_core.ipynb #2259b83f
 def pil_to_tensor(image):
     "A PIL image (or a list of them) as a float tensor in [0, 1]: `[3, H, W]` (or `[B, 3, H, W]`)."
     if isinstance(image, (list, tuple)): return torch.stack([pil_to_tensor(o) for o in image])
@@ -88,7 +89,7 @@ def signed_to_unit(x):
     "Map [-1, 1] to [0, 1], clamping what falls outside."
     return ((x + 1) / 2).clamp(0, 1)
 
-# %% ../nbs/00_core.ipynb #1cdfa763
+# %% ../nbs/00_core.ipynb #cc77bf83
 def show_images(images, captions=None, ncols=8, size=1.5, signed=False, title=None):
     "Show `images` (PIL list or `[B, 3, H, W]` tensor) in a grid with optional `captions`; returns the figure."
     import matplotlib.pyplot as plt, textwrap
@@ -111,7 +112,7 @@ def show_images(images, captions=None, ncols=8, size=1.5, signed=False, title=No
     fig.tight_layout()
     return fig
 
-# %% ../nbs/00_core.ipynb #ed6c83d5
+# %% ../nbs/00_core.ipynb #f005eada
 def progress(iterable=None, total=None, desc=None, leave=True, **kwargs):
     "A `tqdm.auto` progress bar; silenced by `SDCOURSE_PROGRESS=0`."
     from tqdm.auto import tqdm
@@ -124,3 +125,50 @@ def cache_dir(*parts):
     path = root.joinpath(*map(str, parts))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+# %% ../nbs/00_core.ipynb #1387c681
+def save_weights(module, path, metadata=None):
+    "Save `module`'s state dict to `path` as safetensors, atomically (write a temporary file, then rename)."
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    try: save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
+
+def load_weights(module, path):
+    "Load safetensors weights from `path` into `module`, with an error naming every missing, unexpected or mis-shaped tensor."
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"no weights file at {str(path)!r}")
+    state, own = load_file(str(path)), module.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k}: file has shape {list(state[k].shape)}, model expects {list(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
+    if problems:
+        raise ValueError(f"weights file {str(path)!r} does not fit {type(module).__name__} (a different configuration?): "
+                         + "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else ""))
+    module.load_state_dict(state)
+    return module
+
+def save_pretrained_atomic(obj, path, **kwargs):
+    "`obj.save_pretrained(path)` (diffusers / transformers), written to a temporary folder and swapped in whole."
+    import shutil
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = path.with_name(f".{path.name}.tmp-{os.getpid()}"), path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    obj.save_pretrained(tmp, **kwargs)
+    if path.exists(): path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+def shipped_path(*parts):
+    "A path inside the course's `data/` folder, where the trained models and their training records live."
+    return Path(__file__).resolve().parent.parent.joinpath("data", *map(str, parts))

@@ -81,3 +81,46 @@ def test_cache_dir_and_progress(monkeypatch, tmp_path):
     monkeypatch.setenv("SDCOURSE_PROGRESS", "0")
     bar = progress(range(3))
     assert bar.disable and list(bar) == [0, 1, 2]
+
+
+def test_weights_round_trip_atomically_and_refuse_other_configs(tmp_path):
+    from sdcourse.core import load_weights, save_pretrained_atomic, save_weights
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    path = save_weights(net, tmp_path / "w" / "net.safetensors", metadata={"steps": 3})
+    again = load_weights(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)), path)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert [p.name for p in path.parent.iterdir()] == ["net.safetensors"]
+    with pytest.raises(ValueError, match=r"0.weight: file has shape \[4, 3\], model expects \[4, 5\]"):
+        load_weights(torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)), path)
+    with pytest.raises(ValueError, match="missing 3.weight"):
+        load_weights(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2)), path)
+    with pytest.raises(FileNotFoundError, match="no weights file"): load_weights(net, tmp_path / "missing.safetensors")
+    assert path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+
+
+def test_a_failed_save_leaves_the_last_good_file(tmp_path, monkeypatch):
+    import safetensors.torch
+    from sdcourse.core import load_weights, save_weights
+    net = torch.nn.Linear(2, 2)
+    path = save_weights(net, tmp_path / "net.safetensors")
+    good = path.read_bytes()
+    def crash(*args, **kwargs):
+        open(args[1], "wb").write(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"): save_weights(torch.nn.Linear(2, 2), path)
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["net.safetensors"]
+    load_weights(torch.nn.Linear(2, 2), path)
+
+
+def test_save_pretrained_atomic_replaces_a_folder_whole(tmp_path):
+    from sdcourse.core import save_pretrained_atomic
+    class Thing:
+        def __init__(self, text): self.text = text
+        def save_pretrained(self, folder):
+            folder.mkdir(parents=True); (folder / "config.json").write_text(self.text)
+    save_pretrained_atomic(Thing("one"), tmp_path / "model")
+    (tmp_path / "model" / "stale.bin").write_text("old")
+    save_pretrained_atomic(Thing("two"), tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["config.json"] and (tmp_path / "model" / "config.json").read_text() == "two"

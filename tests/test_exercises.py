@@ -28,3 +28,35 @@ def test_q_sample_reference_passes():
 def test_q_sample_typical_mistakes_fail_with_a_reason(wrong, says):
     result = check_q_sample(wrong)
     assert not result and says in result.message, result
+
+
+from sdcourse.exercises import check_kl_divergence, check_reparameterize
+
+
+def test_vae_references_pass():
+    assert check_reparameterize(lambda mu, lv, eps: mu + (0.5 * lv).exp() * eps)
+    assert check_kl_divergence(lambda mu, lv: 0.5 * (mu ** 2 + lv.exp() - 1 - lv).flatten(1).sum(1))
+
+
+@pytest.mark.parametrize("wrong, says", [
+    (lambda mu, lv, eps: mu + lv * eps, "used as if it were sigma"),
+    (lambda mu, lv, eps: mu + lv.exp() * eps, "is the variance"),
+    (lambda mu, lv, eps: mu + eps, "not scaled by sigma"),
+    (lambda mu, lv, eps: (0.5 * lv).exp() * eps, "mu is missing"),
+])
+def test_reparameterize_mistakes(wrong, says):
+    result = check_reparameterize(wrong)
+    assert not result and says in result.message, result
+
+
+@pytest.mark.parametrize("wrong, says", [
+    (lambda mu, lv: -0.5 * (mu ** 2 + lv.exp() - 1 - lv).flatten(1).sum(1), "sign is flipped"),
+    (lambda mu, lv: (mu ** 2 + lv.exp() - 1 - lv).flatten(1).sum(1), "factor 1/2 is missing"),
+    (lambda mu, lv: 0.5 * (mu ** 2 + lv.exp() - 1 - lv).flatten(1).mean(1), "averages over"),
+    (lambda mu, lv: 0.5 * (mu ** 2 + lv.exp() - 1 - lv), "sum them over every dimension but the batch"),
+    (lambda mu, lv: 0.5 * (mu ** 2 + (2 * lv).exp() - 1 - 2 * lv).flatten(1).sum(1), "not exp(2 * logvar)"),
+    (lambda mu, lv: 0.5 * (mu ** 2 + lv.exp() - lv).flatten(1).sum(1), "-1 inside the sum is missing"),
+])
+def test_kl_mistakes(wrong, says):
+    result = check_kl_divergence(wrong)
+    assert not result and says in result.message, result
