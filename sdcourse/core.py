@@ -7,7 +7,7 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 # %% auto #0
 __all__ = ['DEVICE_KINDS', 'check_int', 'check_choice', 'available_devices', 'get_device', 'seed_everything', 'make_generator',
            'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit', 'show_images', 'progress', 'cache_dir',
-           'save_weights', 'load_weights', 'save_pretrained_atomic', 'shipped_path']
+           'save_tensors', 'save_weights', 'load_weights', 'save_pretrained_atomic', 'shipped_path']
 
 # %% ../nbs/00_core.ipynb #1f46a43a
 import os, random
@@ -127,19 +127,23 @@ def cache_dir(*parts):
     return path
 
 # %% ../nbs/00_core.ipynb #1387c681
-def save_weights(module, path, metadata=None):
-    "Save `module`'s state dict to `path` as safetensors, atomically (write a temporary file, then rename)."
+def save_tensors(tensors, path, metadata=None):
+    "Save a dict of tensors to `path` as safetensors, atomically (write a temporary file, then rename)."
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    try: save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    try: save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
     return path
+
+def save_weights(module, path, metadata=None):
+    "Save `module`'s state dict to `path` as safetensors, atomically."
+    return save_tensors(module.state_dict(), path, metadata)
 
 def load_weights(module, path):
     "Load safetensors weights from `path` into `module`, with an error naming every missing, unexpected or mis-shaped tensor."

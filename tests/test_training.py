@@ -1,0 +1,172 @@
+import json, os, subprocess, sys, warnings
+
+import pytest, torch
+import safetensors.torch
+
+from sdcourse.core import shipped_path
+from sdcourse.text import encode_prompts, load_text_encoder
+from sdcourse.training import (adherence, cache_training_data, eval_prompts, generate_images, load_checkpoint, load_pipeline,
+                               save_checkpoint, train_course_unet, train_unet, training_batch)
+from sdcourse.unet import make_unet
+from sdcourse.vae import load_vae
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return load_vae(device="cpu"), *load_text_encoder(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(parts):
+    vae, tokenizer, text_encoder = parts
+    return cache_training_data(vae, text_encoder, tokenizer, n_images=128)
+
+
+def fresh(seed=0):
+    torch.manual_seed(seed)
+    return make_unet()
+
+
+def losses(history): return [h["loss"] for h in history]
+
+
+def test_batches_are_a_function_of_seed_and_step(cache):
+    x0, context, t, noise = training_batch(cache, 3, 2048)
+    assert x0.shape == noise.shape == (2048, 4, 8, 8) and context.shape == (2048, 77, 64) and t.shape == (2048,)
+    assert 0 <= t.min() and t.max() <= 999 and 0.9 < x0.std() < 1.1
+    dropped = (context == cache["empty"]).flatten(1).all(1).float().mean().item()
+    assert abs(dropped - 0.1) < 0.025
+    assert all(torch.equal(a, b) for a, b in zip(training_batch(cache, 3, 16), training_batch(cache, 3, 16)))
+    assert not torch.equal(training_batch(cache, 3, 16)[3], training_batch(cache, 4, 16)[3])
+    assert not torch.equal(training_batch(cache, 3, 16, seed=1)[3], training_batch(cache, 3, 16)[3])
+    assert (training_batch(cache, 3, 512, p_uncond=0.0)[1] == cache["empty"]).flatten(1).all(1).sum() == 0
+
+
+def test_training_lowers_the_loss(cache):
+    history = train_unet(fresh(), cache, 30, batch_size=32, warmup=5)[1]
+    assert sum(losses(history)[-5:]) / 5 < 0.8 * sum(losses(history)[:5]) / 5
+
+
+def test_resume_continues_the_same_loss_curve(cache, tmp_path):
+    ck = tmp_path / "ck.safetensors"
+    straight = train_unet(fresh(), cache, 6, batch_size=8, warmup=2)[1]
+    calls = iter(range(1, 100))
+    def killed_in_step_5(unet):
+        if next(calls) == 5: raise KeyboardInterrupt
+        return {}
+    with pytest.raises(KeyboardInterrupt):
+        train_unet(fresh(), cache, 6, batch_size=8, warmup=2, checkpoint=ck, checkpoint_every=3, eval_fn=killed_in_step_5, eval_every=1)
+    resumed_unet = fresh(seed=1)
+    ema, resumed = train_unet(resumed_unet, cache, 6, batch_size=8, warmup=2, checkpoint=ck, resume=True)
+    assert losses(resumed) == losses(straight) and [h["lr"] for h in resumed] == [h["lr"] for h in straight]
+    assert ema.optimization_step == 6
+
+
+def test_gradient_accumulation_runs_and_records_each_update(cache):
+    history = train_unet(fresh(), cache, 3, batch_size=8, warmup=1, grad_accum=2)[1]
+    assert [h["step"] for h in history] == [1, 2, 3]
+
+
+def test_a_killed_save_leaves_the_last_good_checkpoint(cache, tmp_path, monkeypatch):
+    ck = tmp_path / "ck.safetensors"
+    train_unet(fresh(), cache, 2, batch_size=8, warmup=1, checkpoint=ck)
+    good = ck.read_bytes()
+    def dying_save_file(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(safetensors.torch, "save_file", dying_save_file)
+    with pytest.raises(KeyboardInterrupt):
+        train_unet(fresh(), cache, 4, batch_size=8, warmup=1, checkpoint=ck, resume=True, checkpoint_every=1)
+    assert ck.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["ck.safetensors"]
+    monkeypatch.undo()
+    assert load_checkpoint(ck, fresh(), *_ema_and_optimizer())[0] == 2
+
+
+def _ema_and_optimizer():
+    from diffusers.training_utils import EMAModel
+    unet = make_unet()
+    return EMAModel(unet.parameters()), torch.optim.AdamW(unet.parameters())
+
+
+def test_bad_checkpoints_raise_clear_errors_and_touch_nothing(cache, tmp_path):
+    ck = tmp_path / "ck.safetensors"
+    train_unet(fresh(), cache, 2, batch_size=8, warmup=1, checkpoint=ck)
+    good = ck.read_bytes()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train_unet(fresh(), cache, 4, checkpoint=tmp_path / "missing.safetensors", resume=True)
+    (tmp_path / "bad.safetensors").write_bytes(good[: len(good) // 3])
+    with pytest.raises(ValueError, match="not a complete sdcourse checkpoint"):
+        train_unet(fresh(), cache, 4, checkpoint=tmp_path / "bad.safetensors", resume=True)
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="not a complete sdcourse checkpoint"):
+        train_unet(fresh(), cache, 4, checkpoint=tmp_path / "junk.safetensors", resume=True)
+    with pytest.raises(ValueError, match="another config: block_out_channels"):
+        train_unet(make_unet(block_out_channels=(32, 64, 96)), cache, 4, checkpoint=ck, resume=True)
+    assert ck.read_bytes() == good
+
+
+def test_nan_loss_stops_before_a_checkpoint(cache, tmp_path):
+    ck = tmp_path / "ck.safetensors"
+    train_unet(fresh(), cache, 2, batch_size=8, warmup=1, checkpoint=ck)
+    good = ck.read_bytes()
+    poisoned = {**cache, "mu": cache["mu"] * float("nan")}
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        train_unet(fresh(), poisoned, 4, batch_size=8, warmup=1, checkpoint=ck, resume=True, checkpoint_every=1)
+    assert ck.read_bytes() == good
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(steps=0), "steps must be"), (dict(p_uncond=1.0), r"p_uncond must lie in \[0, 1\)"),
+                                          (dict(mixed_precision="fp8"), "mixed_precision must be one of"),
+                                          (dict(grad_accum=0), "grad_accum must be")])
+def test_bad_training_arguments(cache, kwargs, match):
+    with pytest.raises(ValueError, match=match): train_unet(fresh(), cache, **{"steps": 2, **kwargs})
+
+
+def test_long_captions_are_truncated_with_a_warning(parts):
+    _, tokenizer, text_encoder = parts
+    with pytest.warns(UserWarning, match="only the first 77"):
+        c = encode_prompts(text_encoder, tokenizer, ["a red circle in the top left " * 20])
+    assert c.shape == (1, 77, 64)
+
+
+def test_retrain_command_runs_a_few_steps_and_saves_a_loadable_pipeline(tmp_path):
+    pipe, record = train_course_unet(steps=2, n_images=64, eval_every=None, n_eval=4, out=tmp_path / "tiny", checkpoint=tmp_path / "ck.safetensors")
+    assert record["steps"] == 2 and set(record["adherence"]) >= {"train", "heldout"} and (tmp_path / "ck.safetensors").exists()
+    saved = json.loads((tmp_path / "tiny" / "unet" / "training.json").read_text())
+    assert saved["command"].startswith("python -c") and "train_course_unet(steps=2)" in saved["command"]
+    loaded = load_pipeline(tmp_path / "tiny", device="cpu")
+    for a, b in zip(loaded.unet.parameters(), pipe.unet.parameters()): assert torch.equal(a, b.cpu())
+
+
+def test_shipped_model_loads_with_from_pretrained_in_a_fresh_process(tmp_path):
+    script = ("import sys, numpy as np, torch; from diffusers import StableDiffusionPipeline; "
+              f"pipe = StableDiffusionPipeline.from_pretrained({str(shipped_path('sdcourse-tiny'))!r}); "
+              "image = pipe('a red circle in the top left', num_inference_steps=20, generator=torch.Generator().manual_seed(0)).images[0]; "
+              f"image.save({str(tmp_path / 'out.png')!r})")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True, timeout=300)
+    from PIL import Image
+    from sdcourse.data import grade
+    image = Image.open(tmp_path / "out.png").convert("RGB")
+    assert image.size == (64, 64)
+    assert grade(image, "a red circle in the top left") == {"colour": True, "shape": True, "position": True}
+
+
+def test_same_seed_same_images():
+    pipe = load_pipeline(device="cpu")
+    prompts = eval_prompts(4)
+    a, b = generate_images(pipe, prompts, seed=3), generate_images(pipe, prompts, seed=3)
+    c = generate_images(pipe, prompts, seed=4)
+    import numpy as np
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, c))
+
+
+def test_shipped_adherence_not_worse_than_recorded():
+    record = json.loads(shipped_path("sdcourse-tiny", "unet", "training.json").read_text())
+    pipe = load_pipeline(device="cpu")
+    for split in ("train", "heldout"):
+        got, recorded = adherence(pipe, 200, split, guidance_scale=record["adherence"]["guidance_scale"]), record["adherence"][split]
+        assert got["all"] >= recorded["all"] - 0.02, (split, got, recorded)
+    attributes = ("colour", "shape", "position", "size", "background")
+    assert all(recorded_train >= 0.9 for recorded_train in (record["adherence"]["train"][k] for k in attributes)), record["adherence"]["train"]
