@@ -12,6 +12,7 @@ __all__ = ['SCHEDULER_CONFIG', 'cache_training_data', 'training_batch', 'diffusi
 
 # %% ../nbs/07_training.ipynb #e45ef00a
 import copy, json, time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F

@@ -116,7 +116,7 @@ def test_nan_loss_stops_before_a_checkpoint(cache, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(steps=0), "steps must be"), (dict(p_uncond=1.0), r"p_uncond must lie in \[0, 1\)"),
-                                          (dict(mixed_precision="fp8"), "mixed_precision must be one of"),
+                                          (dict(mixed_precision="fp8"), "mixed_precision=.fp8. is not accepted; choose one of"),
                                           (dict(grad_accum=0), "grad_accum must be")])
 def test_bad_training_arguments(cache, kwargs, match):
     with pytest.raises(ValueError, match=match): train_unet(fresh(), cache, **{"steps": 2, **kwargs})
