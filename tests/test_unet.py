@@ -84,5 +84,6 @@ def test_bad_input_names_what_was_expected(unet):
 
 def test_shipped_unet_has_the_course_config(unet):
     for k, v in UNET_CONFIG.items():
-        assert unet.config[k] == (list(v) if isinstance(v, tuple) else v) or tuple(unet.config[k]) == v, k
+        got = unet.config[k]
+        assert (tuple(got) if isinstance(got, (list, tuple)) else got) == v, (k, got, v)
     assert unet.config.cross_attention_dim == 64  # the text encoder's hidden size
