@@ -1,0 +1,176 @@
+import pytest, torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from sdcourse.exercises import check_ddim_step, check_guided_noise
+from sdcourse.sampling import (SCHEDULERS, SPACINGS, GuidanceWidget, ScratchScheduler, ddim_step, ddpm_step, draw_noise, generate,
+                               guided_noise, make_scheduler, measure_sampling, sampling_timesteps, seed_generators)
+from sdcourse.training import SCHEDULER_CONFIG, eval_prompts, load_pipeline
+
+PROMPTS = eval_prompts(4)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline(device="cpu")
+
+
+def step_counts(spacing): return (1, 10, 50, 999) if spacing == "leading" else (1, 10, 50, 1000)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_timesteps_equal_diffusers(spacing):
+    for steps in step_counts(spacing) + (7, 20):
+        s = DDIMScheduler(**SCHEDULER_CONFIG, timestep_spacing=spacing); s.set_timesteps(steps)
+        assert torch.equal(sampling_timesteps(steps, 1000, spacing), s.timesteps), steps
+
+
+def test_timesteps_bad_input():
+    with pytest.raises(ValueError, match="reaches timestep 1000"): sampling_timesteps(1000, 1000, "leading")
+    with pytest.raises(ValueError, match=r"steps must be an int in \[1, 1000\]"): sampling_timesteps(0)
+    with pytest.raises(ValueError, match="spacing='even' is not accepted"): sampling_timesteps(10, spacing="even")
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_step_equals_diffusers(spacing, variance):
+    g = torch.Generator().manual_seed(0)
+    for steps in step_counts(spacing)[1:]:
+        s = DDPMScheduler(**SCHEDULER_CONFIG, clip_sample=False, timestep_spacing=spacing, variance_type=f"fixed_{variance}")
+        s.set_timesteps(steps)
+        for i in sorted({0, 1, steps // 2, steps - 2, steps - 1}):
+            t, prev_t = int(s.timesteps[i]), (int(s.timesteps[i + 1]) if i + 1 < steps else -1)
+            x_t, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+            theirs = s.step(eps, t, x_t, generator=torch.Generator().manual_seed(i)).prev_sample
+            noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(i))
+            torch.testing.assert_close(ddpm_step(x_t, eps, t, prev_t, s.alphas_cumprod, noise, variance), theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+def test_ddim_step_equals_diffusers(spacing, eta):
+    g = torch.Generator().manual_seed(1)
+    for steps in (5, 20, 50, 999):
+        s = DDIMScheduler(**SCHEDULER_CONFIG, clip_sample=False, timestep_spacing=spacing); s.set_timesteps(steps)
+        for t in s.timesteps[[0, steps // 2, -1]]:
+            x_t, eps, noise = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+            theirs = s.step(eps, t, x_t, eta=eta, variance_noise=noise).prev_sample
+            torch.testing.assert_close(ddim_step(x_t, eps, int(t), int(t) - 1000 // steps, s.alphas_cumprod, eta, noise), theirs, atol=1e-5, rtol=0)
+
+
+def test_steps_properties():
+    alpha_bar = DDPMScheduler(**SCHEDULER_CONFIG).alphas_cumprod
+    x_t, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    # eta = 1 is DDPM's step with the posterior variance; t = 0 adds no noise; a missing noise tensor is an error, not a silent zero
+    noise = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(ddim_step(x_t, eps, 500, 450, alpha_bar, 1.0, noise), ddpm_step(x_t, eps, 500, 450, alpha_bar, noise), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ddpm_step(x_t, eps, 0, -1, alpha_bar), ddpm_step(x_t, eps, 0, -1, alpha_bar, noise))
+    with pytest.raises(ValueError, match="noise is needed for a DDPM step at t=500"): ddpm_step(x_t, eps, 500, 450, alpha_bar)
+    with pytest.raises(ValueError, match="noise is needed for a DDIM step with eta=0.5"): ddim_step(x_t, eps, 500, 450, alpha_bar, 0.5)
+    with pytest.raises(ValueError, match="variance='learned' is not accepted"): ddpm_step(x_t, eps, 500, 450, alpha_bar, noise, "learned")
+    # w = 0 is the unconditional prediction, w = 1 the conditional one
+    u, c = torch.randn(3), torch.randn(3)
+    assert torch.equal(guided_noise(u, c, 0), u) and torch.allclose(guided_noise(u, c, 1), c)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_generate_equals_the_pipeline(pipe, name):
+    for w, negative in [(5.0, None), (7.5, ["a small blue circle", "", "a red square", "a star"])]:
+        ours = generate(pipe, PROMPTS, negative, 6, w, seed=3, scheduler=make_scheduler(name, pipe.scheduler.config), output_type="pt")
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+        theirs = pipe(PROMPTS, negative_prompt=negative, num_inference_steps=6, guidance_scale=w, generator=seed_generators(3, 4), output_type="pt").images
+        pipe.scheduler = make_scheduler("dpm++", pipe.scheduler.config)
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind,eta,steps", [("ddim", 0.0, 10), ("ddim", 0.5, 10), ("ddpm", 0.0, 25)])
+def test_scratch_scheduler_equals_diffusers_in_the_loop(pipe, kind, eta, steps):
+    ours = generate(pipe, PROMPTS[:2], steps=steps, scheduler=ScratchScheduler(kind, pipe.scheduler.config, eta=eta), eta=eta, output_type="pt")
+    theirs = generate(pipe, PROMPTS[:2], steps=steps, scheduler=make_scheduler(kind, pipe.scheduler.config), eta=eta, output_type="pt")
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_seeds_reproduce_images(pipe):
+    first = generate(pipe, PROMPTS, steps=5, seed=11, output_type="pt")
+    assert torch.equal(first, generate(pipe, PROMPTS, steps=5, seed=11, output_type="pt"))
+    assert torch.equal(first[2:], generate(pipe, PROMPTS[2:], steps=5, seed=13, output_type="pt"))  # image i has seed + i
+    assert (first - generate(pipe, PROMPTS, steps=5, seed=12, output_type="pt")).abs().max() > 0.1
+    # a CPU generator gives the same starting noise whatever the device
+    assert torch.equal(draw_noise((2, 4, 8, 8), seed_generators(0, 2), "cpu"), draw_noise((2, 4, 8, 8), [torch.Generator().manual_seed(i) for i in range(2)]))
+
+
+def test_guidance_zero_is_the_unconditional_model(pipe):
+    torch.testing.assert_close(generate(pipe, PROMPTS[:2], steps=5, guidance_scale=0, output_type="latent"),
+                               generate(pipe, ["", ""], steps=5, guidance_scale=1, output_type="latent"))
+    # a negative prompt changes the images
+    plain = generate(pipe, PROMPTS[:2], steps=5, output_type="pt")
+    assert (plain - generate(pipe, PROMPTS[:2], "a large red circle", steps=5, output_type="pt")).abs().max() > 0.05
+
+
+def test_generate_outputs(pipe):
+    images = generate(pipe, PROMPTS[0], steps=3)
+    assert len(images) == 1 and images[0].size == (64, 64)
+    assert generate(pipe, PROMPTS[:2], steps=3, output_type="latent").shape == (2, 4, 8, 8)
+    assert generate(pipe, PROMPTS[:1], steps=3, height=96, width=128, output_type="pt").shape == (1, 3, 96, 128)
+    torch.testing.assert_close(generate(pipe, PROMPTS[:1], steps=3, output_type="pt", show_progress=True), generate(pipe, PROMPTS[:1], steps=3, output_type="pt"))
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(steps=0), ValueError, r"steps must be an int in \[1, 1000\], got 0"),
+    (dict(steps=1001), ValueError, r"steps must be an int in \[1, 1000\], got 1001"),
+    (dict(steps=2.5), TypeError, "steps must be an int"),
+    (dict(guidance_scale=-0.5), ValueError, "guidance_scale must be a number >= 0"),
+    (dict(guidance_scale=float("nan")), ValueError, "guidance_scale must be a number >= 0"),
+    (dict(guidance_scale="5"), TypeError, "guidance_scale must be a number >= 0"),
+    (dict(height=60), ValueError, "height must be a positive multiple of 8"),
+    (dict(width=0), ValueError, "width must be a positive multiple of 8"),
+    (dict(negative_prompt=["a", "b", "c"]), ValueError, "negative_prompt has 3 entries for 2 prompts"),
+    (dict(negative_prompt=3), TypeError, "negative_prompt must be None, a str or a list of str"),
+    (dict(seed="1"), TypeError, "seed must be an int >= 0, a torch.Generator or a list"),
+    (dict(seed=-1), TypeError, "seed must be an int >= 0"),
+    (dict(seed=[torch.Generator()]), ValueError, "seed is a list of 1 generators for 2 prompts"),
+    (dict(scheduler="plms"), ValueError, r"scheduler='plms' is not accepted; choose one of \('ddpm', 'ddim', 'dpm\+\+', 'euler'\)"),
+    (dict(output_type="np"), ValueError, "output_type='np' is not accepted"),
+])
+def test_generate_bad_input(pipe, kwargs, error, match):
+    with pytest.raises(error, match=match): generate(pipe, PROMPTS[:2], **kwargs)
+
+
+def test_generate_bad_prompts(pipe):
+    for prompt in ([], None, ["ok", 3]):
+        with pytest.raises(TypeError, match="prompt must be a str or a non-empty list of str"): generate(pipe, prompt)
+
+
+def test_guidance_widget_updates_headless(pipe):
+    widget = GuidanceWidget(pipe, prompt=PROMPTS[0], steps=4)
+    first = widget.image.value
+    assert first[:4] == b"\x89PNG" and len(widget.images) == 4 and widget.seconds > 0
+    expected = generate(pipe, [PROMPTS[0]] * 4, [""] * 4, 4, 5.0, 0, make_scheduler("dpm++", pipe.scheduler.config), output_type="pil")
+    assert [im.tobytes() for im in widget.images] == [im.tobytes() for im in expected]
+    for control, value in [(widget.guidance_scale, 12.0), (widget.seed, 5), (widget.scheduler, "ddim"), (widget.negative_prompt, "a red circle"),
+                           (widget.prompt, PROMPTS[1]), (widget.steps, 6)]:
+        before = widget.image.value
+        control.value = value
+        assert widget.image.value != before, control.description
+    assert "seeds 5 to 8, 6 ddim steps, guidance 12" in widget.info.value
+
+
+def test_measure_sampling(pipe):
+    r = measure_sampling(pipe, "ddim", 5, 5.0, n=6, batch_size=4)
+    assert set(r) >= {"seconds_per_image", "latent_std", "clipped", "colour", "shape", "position", "all"}
+    assert 0 <= r["all"] <= 1 and 0 <= r["clipped"] <= 1 and 0.3 < r["latent_std"] < 3
+
+
+def test_exercise_checkers():
+    assert check_guided_noise(lambda u, c, w: u + w * (c - u))
+    assert "swapped" in check_guided_noise(lambda u, c, w: c + w * (u - c)).message
+    assert "difference" in check_guided_noise(lambda u, c, w: w * c).message
+    assert "eps_uncond is missing" in check_guided_noise(lambda u, c, w: w * (c - u)).message
+
+    def ddim(x, e, t, p, ab):
+        x0 = (x - (1 - ab[t]).sqrt() * e) / ab[t].sqrt()
+        return ab[p].sqrt() * x0 + (1 - ab[p]).sqrt() * e
+    assert check_ddim_step(ddim)
+    assert "alpha_bar[prev_t]" in check_ddim_step(lambda x, e, t, p, ab: ddim(x, e, t, t - 1, ab)).message
+    assert "off by one" in check_ddim_step(lambda x, e, t, p, ab: ddim(x, e, t - 1, p - 1, ab)).message
+    assert "swapped" in check_ddim_step(lambda x, e, t, p, ab: ddim(x, e, p, t, ab)).message
+    assert "raised" in check_ddim_step(lambda x, e, t, p, ab: x[99]).message
