@@ -6,7 +6,7 @@ Docs: https://sdcourse.github.io/sdcourse/exercises.html.md"""
 
 # %% auto #0
 __all__ = ['CheckResult', 'check_q_sample', 'check_reparameterize', 'check_kl_divergence', 'check_attention', 'check_split_heads',
-           'check_guided_noise', 'check_ddim_step']
+           'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 from dataclasses import dataclass
@@ -158,3 +158,28 @@ def check_ddim_step(ddim_step):
                 (step(ab[t], ab[prev_t], direction=lambda a: (1 - ab[t]).sqrt()), "the direction term re-noises to t; it must use sqrt(1 - alpha_bar[prev_t])"),
                 (step(ab[t], ab[prev_t], direction=lambda a: 0 * a), "the direction term sqrt(1 - alpha_bar[prev_t]) eps is missing: it re-noises x0 to prev_t")]
     return _compare(name, out, step(ab[t], ab[prev_t]), mistakes)
+
+# %% ../nbs/90_exercises.ipynb #38d6ee61
+def check_img2img_timesteps(img2img_timesteps):
+    "Check the learner's `img2img_timesteps(timesteps, strength)`: the last int(len(timesteps) * strength) of the scheduled timesteps."
+    name = "img2img_timesteps"
+    cases = [(50, 0.3), (20, 0.75), (10, 0.58), (25, 1.0), (25, 0.0), (7, 0.5)]
+    schedule = lambda n: (torch.arange(n - 1, -1, -1) * (1000 // n) + 1)  # leading spacing, largest first
+    expected = lambda n, s: schedule(n)[n - int(n * s):]
+    mistakes = [(lambda n, s: schedule(n)[:int(n * s)], "it keeps the first (noisiest) timesteps; image-to-image skips those and runs the last int(steps * strength)"),
+                (lambda n, s: schedule(n)[int(n * s):], "the order is reversed: strength is the fraction of steps that run, counted from the end, so skip steps - int(steps * strength)"),
+                (lambda n, s: schedule(n)[n - int(n * s) - 1:], "off by one: it runs one step too many; skip exactly steps - int(steps * strength) timesteps"),
+                (lambda n, s: schedule(n)[n - int(n * s) + 1:], "off by one: it runs one step too few; skip exactly steps - int(steps * strength) timesteps"),
+                (lambda n, s: schedule(n)[n - round(n * s):], "it rounds steps * strength; diffusers truncates it with int(), so 10 steps at strength 0.58 run 5, not 6")]
+    outputs = []
+    for n, s in cases:
+        out, failed = _call(name, img2img_timesteps, (schedule(n), s), f"img2img_timesteps(timesteps, strength={s}) with timesteps a long tensor of {n} values, largest first")
+        if failed is not None: return failed
+        out = torch.as_tensor(out)
+        outputs.append(out)
+    if all(o.shape == expected(n, s).shape and torch.equal(o, expected(n, s)) for o, (n, s) in zip(outputs, cases)):
+        return CheckResult(name, True, "matches the reference for every case")
+    for wrong, hint in mistakes:
+        if all(o.shape == wrong(n, s).shape and torch.equal(o, wrong(n, s)) for o, (n, s) in zip(outputs, cases)): return CheckResult(name, False, hint)
+    (n, s), o = next(((c, o) for o, c in zip(outputs, cases) if not (o.shape == expected(*c).shape and torch.equal(o, expected(*c)))))
+    return CheckResult(name, False, f"for {n} steps at strength {s} it returned {o.tolist()}, expected {expected(n, s).tolist()}")

@@ -6,10 +6,10 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 
 # %% auto #0
 __all__ = ['SPACINGS', 'SCHEDULERS', 'sampling_timesteps', 'alpha_bar_at', 'predict_x0', 'ddpm_step', 'ddim_step', 'guided_noise',
-           'draw_noise', 'seed_generators', 'ScratchScheduler', 'make_scheduler', 'generate', 'measure_sampling',
-           'image_row', 'GuidanceWidget']
+           'draw_noise', 'seed_generators', 'ScratchScheduler', 'make_scheduler', 'check_generation', 'both_branches',
+           'text_context', 'denoise', 'to_images', 'generate', 'measure_sampling', 'image_row', 'GuidanceWidget']
 
-# %% ../nbs/08_sampling.ipynb #713b8c8a
+# %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time
 from numbers import Real
 from types import SimpleNamespace
@@ -23,7 +23,7 @@ from .schedules import linear_betas, scaled_linear_betas
 from .text import encode_prompts
 from .training import SCHEDULER_CONFIG, eval_prompts
 
-# %% ../nbs/08_sampling.ipynb #d872f873
+# %% ../nbs/08_sampling.ipynb #5f04cce8
 SPACINGS = ("leading", "trailing", "linspace")
 
 def sampling_timesteps(steps, T=1000, spacing="leading", steps_offset=1):
@@ -37,7 +37,7 @@ def sampling_timesteps(steps, T=1000, spacing="leading", steps_offset=1):
     if t[0] > T - 1: raise ValueError(f"steps={steps} with {spacing!r} spacing and steps_offset={steps_offset} reaches timestep {t[0].item()} > T-1 = {T - 1}; use fewer steps or another spacing")
     return t
 
-# %% ../nbs/08_sampling.ipynb #c55c0532
+# %% ../nbs/08_sampling.ipynb #039544b0
 def alpha_bar_at(alpha_bar, t, final=1.0):
     "alpha_bar[t]; past the last step (t < 0) nothing is left to remove, so `final` (1: the clean image)."
     return alpha_bar[t] if t >= 0 else torch.tensor(final, dtype=alpha_bar.dtype)
@@ -69,12 +69,12 @@ def ddim_step(x_t, eps, t, prev_t, alpha_bar, eta=0.0, noise=None):
     if noise is None: raise ValueError(f"noise is needed for a DDIM step with eta={eta} > 0")
     return x_prev + sigma * noise
 
-# %% ../nbs/08_sampling.ipynb #aa934dcc
+# %% ../nbs/08_sampling.ipynb #5bffce27
 def guided_noise(eps_uncond, eps_cond, guidance_scale):
     "Classifier-free guidance: start from the unconditional prediction and move `guidance_scale` times the way the prompt points."
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
-# %% ../nbs/08_sampling.ipynb #992129c1
+# %% ../nbs/08_sampling.ipynb #f9f0cb59
 def draw_noise(shape, generator=None, device="cpu", dtype=torch.float32):
     "Gaussian noise as diffusers draws it: on the generators' device (CPU here), one generator per image when given a list, then moved to `device`."
     if isinstance(generator, (list, tuple)):
@@ -91,7 +91,7 @@ def seed_generators(seed, n):
         raise TypeError(f"seed must be an int >= 0, a torch.Generator or a list of one generator per prompt, got {type(seed).__name__} {seed!r}")
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
-# %% ../nbs/08_sampling.ipynb #3a6fd68f
+# %% ../nbs/08_sampling.ipynb #d51ad2ce
 class ScratchScheduler:
     "This lecture's DDPM or DDIM step behind the interface a sampling loop needs (`set_timesteps`, `timesteps`, `init_noise_sigma`, `scale_model_input`, `step`)."
     init_noise_sigma = 1.0  # x_T ~ N(0, I)
@@ -111,6 +111,11 @@ class ScratchScheduler:
 
     def scale_model_input(self, x, t): return x  # DDPM and DDIM feed x_t to the UNet as it is
 
+    def add_noise(self, x0, noise, t):
+        "Lecture 2's closed form q(x_t | x_0), for a batch of timesteps `t` (image-to-image starts from it)."
+        alpha_bar = self.alpha_bar.to(x0.device)[t].view(-1, *[1] * (x0.ndim - 1))
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
     def previous(self, t):
         "The timestep after `t`: the next one in the list for DDPM; t - T // steps for DDIM, as diffusers does whatever the spacing."
         if self.kind == "ddim": return int(t) - self.stride
@@ -125,7 +130,7 @@ class ScratchScheduler:
                ddim_step(x, eps, int(t), self.previous(t), alpha_bar, self.eta, noise)
         return SimpleNamespace(prev_sample=step)
 
-# %% ../nbs/08_sampling.ipynb #218f99e3
+# %% ../nbs/08_sampling.ipynb #31f72db9
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
 
 def make_scheduler(name, config=None, **overrides):
@@ -136,7 +141,7 @@ def make_scheduler(name, config=None, **overrides):
     if name == "ddpm": latent["variance_type"] = "fixed_small"
     return cls.from_config(dict(config or SCHEDULER_CONFIG), **{**latent, **overrides})
 
-# %% ../nbs/08_sampling.ipynb #b23d908e
+# %% ../nbs/08_sampling.ipynb #49287b0d
 def _check_prompts(prompt, negative_prompt):
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -153,13 +158,8 @@ def _check_size(name, value, factor):
         raise ValueError(f"{name} must be a positive multiple of {factor} (the VAE's downsampling factor), got {value!r}")
     return value
 
-@torch.no_grad()
-def generate(pipe, prompt, negative_prompt=None, steps=20, guidance_scale=5.0, seed=0, scheduler=None, height=None, width=None,
-             eta=0.0, output_type="pil", show_progress=False):
-    """Text to image with any Stable Diffusion components (a pipeline, or anything with `unet`, `vae`, `text_encoder`, `tokenizer`, `scheduler`):
-    the loop `StableDiffusionPipeline` runs, written out. `scheduler`: a name in `SCHEDULERS`, a scheduler object, or None for `pipe.scheduler`;
-    `seed`: an int (image i gets `seed + i`), a generator or a list of them; `output_type`: "pil", "pt" ([B, 3, H, W] in [0, 1]) or "latent"."""
-    unet, vae = pipe.unet, pipe.vae
+def check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler):
+    "Check what every sampling function takes; returns (prompts, negatives, scheduler, steps), the scheduler made from a name if need be."
     prompts, negatives = _check_prompts(prompt, negative_prompt)
     if isinstance(scheduler, str): scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     scheduler = pipe.scheduler if scheduler is None else scheduler
@@ -167,37 +167,63 @@ def generate(pipe, prompt, negative_prompt=None, steps=20, guidance_scale=5.0, s
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real) or not guidance_scale >= 0:
         error = ValueError if isinstance(guidance_scale, Real) else TypeError
         raise error(f"guidance_scale must be a number >= 0 (0: unconditional, 1: conditional, > 1: guided), got {guidance_scale!r}")
-    check_choice("output_type", output_type, ("pil", "pt", "latent"))
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    height = _check_size("height", unet.config.sample_size * factor if height is None else height, factor)
-    width = _check_size("width", unet.config.sample_size * factor if width is None else width, factor)
-    generator, device = seed_generators(seed, len(prompts)), unet.device
+    return prompts, negatives, scheduler, steps
 
-    # 1. text: the prompts, and the "unconditional" branch (the negative prompts; "" when none)
+def both_branches(guidance_scale):
+    "Whether guidance needs both UNet passes: w = 1 is the conditional prediction alone, w = 0 the unconditional one."
+    return guidance_scale not in (0, 1)
+
+def text_context(pipe, prompts, negatives, guidance_scale):
+    "What the UNet cross-attends to: [negatives; prompts] stacked for one batched call, or the one branch w = 0 or 1 needs."
     encode = lambda texts: encode_prompts(pipe.text_encoder, pipe.tokenizer, texts)
-    guided = guidance_scale not in (0, 1)  # w = 1 needs only the conditional prediction, w = 0 only the unconditional one
-    context = torch.cat([encode(negatives), encode(prompts)]) if guided else encode(prompts if guidance_scale == 1 else negatives)
-    # 2. the timesteps, and x_T ~ N(0, I) scaled to the scheduler's first noise level
-    scheduler.set_timesteps(steps, device=device)
-    x = draw_noise((len(prompts), unet.config.in_channels, height // factor, width // factor), generator, device, unet.dtype)
-    x = x * scheduler.init_noise_sigma
+    if both_branches(guidance_scale): return torch.cat([encode(negatives), encode(prompts)])
+    return encode(prompts if guidance_scale == 1 else negatives)
+
+def denoise(pipe, x, timesteps, context, guidance_scale, scheduler, generator=None, eta=0.0, after_step=None, show_progress=False):
+    "Run `scheduler` over `timesteps` from the latents `x` with guided noise predictions; `after_step(i, t, x)` may edit x after each step."
     accepts = inspect.signature(scheduler.step).parameters
     step_kwargs = {**({"eta": eta} if "eta" in accepts else {}), **({"generator": generator} if "generator" in accepts else {})}
-    # 3. denoise: predict the noise for both branches, guide, step
-    timesteps = progress(scheduler.timesteps, desc="sampling", leave=False) if show_progress else scheduler.timesteps
-    for t in timesteps:
+    guided = both_branches(guidance_scale)
+    for i, t in enumerate(progress(timesteps, desc="sampling", leave=False) if show_progress else timesteps):
         x_in = torch.cat([x, x]) if guided else x  # one batched UNet call for both branches
-        eps = unet(scheduler.scale_model_input(x_in, t), t, encoder_hidden_states=context).sample
+        eps = pipe.unet(scheduler.scale_model_input(x_in, t), t, encoder_hidden_states=context).sample
         if guided:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = guided_noise(eps_uncond, eps_cond, guidance_scale)
         x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
-    if output_type == "latent": return x
-    # 4. decode, and map [-1, 1] to [0, 1]
-    images = (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
-    return images if output_type == "pt" else [tensor_to_pil(im) for im in images]
+        if after_step is not None: x = after_step(i, t, x)
+    return x
 
-# %% ../nbs/08_sampling.ipynb #e3acff33
+@torch.no_grad()
+def to_images(vae, latents, output_type="pil"):
+    "Decode scaled latents: PIL images ('pil'), a [B, 3, H, W] tensor in [0, 1] ('pt'), or the latents themselves ('latent')."
+    if output_type == "latent": return latents
+    images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    return images if output_type == "pt" else tensor_to_pil(images)
+
+@torch.no_grad()
+def generate(pipe, prompt, negative_prompt=None, steps=20, guidance_scale=5.0, seed=0, scheduler=None, height=None, width=None,
+             eta=0.0, output_type="pil", show_progress=False):
+    """Text to image with any Stable Diffusion components (a pipeline, or anything with `unet`, `vae`, `text_encoder`, `tokenizer`, `scheduler`):
+    the loop `StableDiffusionPipeline` runs, written out. `scheduler`: a name in `SCHEDULERS`, a scheduler object, or None for `pipe.scheduler`;
+    `seed`: an int (image i gets `seed + i`), a generator or a list of them; `output_type`: "pil", "pt" ([B, 3, H, W] in [0, 1]) or "latent"."""
+    prompts, negatives, scheduler, steps = check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler)
+    check_choice("output_type", output_type, ("pil", "pt", "latent"))
+    unet, factor = pipe.unet, 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    height = _check_size("height", unet.config.sample_size * factor if height is None else height, factor)
+    width = _check_size("width", unet.config.sample_size * factor if width is None else width, factor)
+    generator = seed_generators(seed, len(prompts))
+    # 1. text: the prompts, and the "unconditional" branch (the negative prompts; "" when none)
+    context = text_context(pipe, prompts, negatives, guidance_scale)
+    # 2. the timesteps, and x_T ~ N(0, I) scaled to the scheduler's first noise level
+    scheduler.set_timesteps(steps, device=unet.device)
+    x = draw_noise((len(prompts), unet.config.in_channels, height // factor, width // factor), generator, unet.device, unet.dtype)
+    x = x * scheduler.init_noise_sigma
+    # 3. denoise: predict the noise for both branches, guide, step; 4. decode
+    x = denoise(pipe, x, scheduler.timesteps, context, guidance_scale, scheduler, generator, eta, show_progress=show_progress)
+    return to_images(pipe.vae, x, output_type)
+
+# %% ../nbs/08_sampling.ipynb #626e0932
 @torch.no_grad()
 def measure_sampling(pipe, scheduler="dpm++", steps=20, guidance_scale=5.0, n=200, split="train", seed=0, batch_size=100):
     """Sample `n` held-back captions of `split`: seconds per image (the denoising loop), the grader's adherence, and two signs of
@@ -214,7 +240,7 @@ def measure_sampling(pipe, scheduler="dpm++", steps=20, guidance_scale=5.0, n=20
     return dict(seconds_per_image=seconds / n, latent_std=latents.std().item(), clipped=(decoded.abs() > 1).float().mean().item(),
                 **grader_accuracy(images, prompts))
 
-# %% ../nbs/08_sampling.ipynb #7abc1d6d
+# %% ../nbs/08_sampling.ipynb #9c25588d
 def image_row(images, scale=2, gap=4):
     "PIL images side by side, enlarged `scale` times with crisp pixels, on a white strip."
     w, h = images[0].size

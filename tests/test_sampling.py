@@ -89,6 +89,12 @@ def test_scratch_scheduler_equals_diffusers_in_the_loop(pipe, kind, eta, steps):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
+def test_scratch_scheduler_add_noise_equals_diffusers():
+    ours, theirs = ScratchScheduler("ddim"), DDIMScheduler(**SCHEDULER_CONFIG)
+    x0, noise, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([999, 500, 1])
+    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t), atol=1e-6, rtol=0)
+
+
 def test_seeds_reproduce_images(pipe):
     first = generate(pipe, PROMPTS, steps=5, seed=11, output_type="pt")
     assert torch.equal(first, generate(pipe, PROMPTS, steps=5, seed=11, output_type="pt"))
