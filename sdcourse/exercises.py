@@ -6,7 +6,7 @@ Docs: https://sdcourse.github.io/sdcourse/exercises.html.md"""
 
 # %% auto #0
 __all__ = ['CheckResult', 'check_q_sample', 'check_reparameterize', 'check_kl_divergence', 'check_attention', 'check_split_heads',
-           'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps']
+           'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 from dataclasses import dataclass
@@ -183,3 +183,41 @@ def check_img2img_timesteps(img2img_timesteps):
         if all(o.shape == wrong(n, s).shape and torch.equal(o, wrong(n, s)) for o, (n, s) in zip(outputs, cases)): return CheckResult(name, False, hint)
     (n, s), o = next(((c, o) for o, c in zip(outputs, cases) if not (o.shape == expected(*c).shape and torch.equal(o, expected(*c)))))
     return CheckResult(name, False, f"for {n} steps at strength {s} it returned {o.tolist()}, expected {expected(n, s).tolist()}")
+
+# %% ../nbs/90_exercises.ipynb #2a70e2f3
+def check_lora_layer(lora_class):
+    "Check the learner's `lora_class(base, r, alpha)`: W frozen, A [r, d_in] random, B [d_out, r] zero, y = base(x) + (alpha / r) B A x."
+    name, fail = "LoRA layer", lambda message: CheckResult("LoRA layer", False, message)
+    torch.manual_seed(0)
+    base, x = torch.nn.Linear(16, 8), torch.randn(5, 16)
+    layer, failed = _call(name, lora_class, (base, 4, 8.0), "lora_class(base=nn.Linear(16, 8), r=4, alpha=8.0)")
+    if failed is not None: return failed
+    for attr, shape in (("lora_A", [4, 16]), ("lora_B", [8, 4])):
+        p = getattr(layer, attr, None)
+        if not isinstance(p, torch.Tensor): return fail(f"the layer has no tensor attribute {attr} (expected shape {shape})")
+        if list(p.shape) != shape: return fail(f"{attr} has shape {list(p.shape)}, expected {shape}: A maps d_in -> r, B maps r -> d_out")
+    if layer.lora_B.detach().abs().max() > 0:
+        return fail("B is not zero at initialisation, so the adapted model does not start as the base model: initialise B to zeros")
+    if layer.lora_A.detach().abs().max() == 0:
+        return fail("A is zero at initialisation: with B = 0 as well, both gradients vanish and the LoRA never trains; draw A from a Gaussian")
+    out, failed = _call(name, layer, (x,), "layer(x) with x of shape [5, 16]")
+    if failed is not None: return failed
+    if not isinstance(out, torch.Tensor) or out.shape != (5, 8): return fail("the output must be a tensor of shape [5, 8], like base(x)")
+    if not torch.allclose(out, base(x), atol=1e-6):
+        if out.detach().abs().max() == 0: return fail("the frozen layer's output W x + b is missing: y = base(x) + (alpha / r) B A x")
+        return fail("at initialisation (B = 0) the output must equal base(x)")
+    with torch.no_grad(): layer.lora_B.normal_()
+    out = layer(x)
+    with torch.no_grad():
+        delta, plain = x @ layer.lora_A.T @ layer.lora_B.T, base(x)
+        mistakes = [(plain + delta, "the update B A x is not scaled by alpha / r (here 8 / 4 = 2)"),
+                    (plain + 0.5 * delta, "the update is scaled by r / alpha; the scale is alpha / r"),
+                    (2 * delta, "the frozen layer's output W x + b is missing: y = base(x) + (alpha / r) B A x")]
+        if not torch.allclose(out, plain + 2 * delta, atol=1e-5):
+            return next((fail(hint) for wrong, hint in mistakes if torch.allclose(out, wrong, atol=1e-5)),
+                        fail(f"with B nonzero the output differs from base(x) + (alpha / r) B A x by up to {(out - plain - 2 * delta).abs().max():.3g}"))
+    out.sum().backward()
+    if base.weight.grad is not None and base.weight.grad.abs().max() > 0:
+        return fail("gradients reach the frozen weight W: call base.requires_grad_(False) so that only A and B train")
+    if layer.lora_A.grad is None or layer.lora_B.grad is None: return fail("A or B receives no gradient: make them nn.Parameter")
+    return CheckResult(name, True, "frozen W, A random, B zero, and the scaled update all match")
