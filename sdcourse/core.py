@@ -174,5 +174,7 @@ def save_pretrained_atomic(obj, path, **kwargs):
     return path
 
 def shipped_path(*parts):
-    "A path inside the course's `data/` folder, where the trained models and their training records live."
-    return Path(__file__).resolve().parent.parent.joinpath("data", *map(str, parts))
+    "A path inside what the course ships (trained models, training records): `data/` in a checkout, the same files as `sdcourse/shipped/` once installed."
+    here = Path(__file__).resolve().parent
+    root = here / "shipped" if (here / "shipped").is_dir() else here.parent / "data"
+    return root.joinpath(*map(str, parts))

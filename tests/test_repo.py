@@ -52,6 +52,9 @@ def test_ci_runs_readme_commands():
     assert len(blocks) == 2, "README has exactly two command blocks: set up and start, run the tests"
     setup, tests = blocks
     assert 'pip install -e ".[dev]"' in setup and "jupyter lab nbs/" in setup
+    main_job = [line for line in setup.splitlines() if line.startswith("sdcourse ")]
+    assert main_job and all(line in ci for line in main_job), "CI runs README's sdcourse commands verbatim"
+    assert setup.strip().splitlines()[-1] == "jupyter lab nbs/" and setup.strip().splitlines()[-2].startswith("sdcourse ")
     test_command = tests.strip().splitlines()[-1]
     assert "nbdev-test" in test_command and "pytest tests/" in test_command
     assert test_command in ci and 'pip install -q -e ".[dev]"' in ci and "torch==2.13.0" in ci

@@ -1,0 +1,172 @@
+"The `sdcourse` command and the loader: every subcommand on tiny settings, the PNG recipe, and bad input as one line and a non-zero exit."
+import csv, subprocess, sys, time
+
+import numpy as np
+import pytest, torch
+from PIL import Image
+
+from sdcourse.data import make_example
+from sdcourse.lora import load_lora
+from sdcourse.pipeline import cli_parser, hub_reachable, load_sd, main, png_info, reproduce, save_png
+from sdcourse.sampling import generate
+
+COMMANDS = ["generate", "img2img", "inpaint", "dataset", "train-vae", "train", "finetune", "train-lora", "grade"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_sd(device="cpu")
+
+
+@pytest.fixture
+def source(tmp_path):
+    make_example(0, "train", seed=4)[0].save(tmp_path / "source.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    mask.save(tmp_path / "mask.png")
+    return tmp_path
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help_with_defaults(command, capsys):
+    with pytest.raises(SystemExit) as exit: main([command, "--help"])
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: sdcourse {command}")
+    if command != "grade": assert "(default:" in text and "--seed" in text and "--device" in text
+
+
+def test_top_level_help_lists_every_subcommand():
+    text = cli_parser().format_help()
+    assert all(c in text for c in COMMANDS)
+
+
+def test_generate_records_its_recipe_and_reproduces(tmp_path, capsys):
+    code, out, _ = run(["generate", "a large red circle in the center", "--seed", "3", "--steps", "12", "--scheduler", "ddim",
+                        "--negative", "a black background", "-o", str(tmp_path / "c.png")], capsys)
+    assert code == 0 and out.strip() == str(tmp_path / "c.png")
+    info = png_info(tmp_path / "c.png")
+    assert info == dict(command="generate", prompt="a large red circle in the center", negative_prompt="a black background", seed=3, steps=12,
+                        guidance_scale=5.0, scheduler="ddim", model="sdcourse-tiny", lora="", lora_strength=1.0, image_index=0)
+    assert Image.open(tmp_path / "c.png").text["prompt"] == "a large red circle in the center"  # readable by any viewer
+    assert np.array_equal(np.asarray(reproduce(tmp_path / "c.png")), np.asarray(Image.open(tmp_path / "c.png")))
+    code, out, _ = run(["grade", str(tmp_path / "c.png")], capsys)
+    assert code == 0 and out.startswith("PASS")
+    code, out, _ = run(["grade", str(tmp_path / "c.png"), "--caption", "a blue square in the top left"], capsys)
+    assert code == 0 and out.startswith("FAIL") and "colour=wrong" in out
+
+
+def test_generate_several_images_seeds_each(tmp_path, capsys):
+    code, out, _ = run(["generate", "a small blue diamond in the top right", "-n", "3", "--steps", "4", "--seed", "5", "-o", str(tmp_path / "d.png")], capsys)
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["d-0.png", "d-1.png", "d-2.png"]
+    assert [png_info(tmp_path / f"d-{i}.png")["seed"] for i in range(3)] == [5, 6, 7]
+
+
+def test_console_script(tmp_path):
+    result = subprocess.run(["sdcourse", "generate", "a green square in the center", "--steps", "4", "-o", "g.png"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert png_info(tmp_path / "g.png")["steps"] == 4
+    result = subprocess.run(["sdcourse", "paint"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "invalid choice: 'paint'" in result.stderr
+
+
+def test_img2img_and_inpaint(source, capsys):
+    code, _, _ = run(["img2img", str(source / "source.png"), "a blue circle", "--strength", "0.5", "--steps", "6", "-o", str(source / "i.png")], capsys)
+    assert code == 0 and png_info(source / "i.png")["strength"] == 0.5
+    code, _, _ = run(["inpaint", str(source / "source.png"), str(source / "mask.png"), "a red square", "--steps", "6", "-o", str(source / "p.png")], capsys)
+    assert code == 0 and png_info(source / "p.png")["mask"] == str(source / "mask.png")
+    assert Image.open(source / "p.png").size == (64, 64)
+
+
+def test_dataset_export(tmp_path, capsys):
+    code, _, _ = run(["dataset", str(tmp_path / "ds"), "--n", "5", "--split", "concept"], capsys)
+    rows = list(csv.DictReader(open(tmp_path / "ds" / "metadata.csv")))
+    assert code == 0 and len(rows) == 5 and all("star" in r["text"] for r in rows)
+
+
+def test_train_vae_and_train(tmp_path, capsys):
+    code, out, _ = run(["train-vae", str(tmp_path / "vae"), "--steps", "2", "--n-images", "20"], capsys)
+    assert code == 0 and (tmp_path / "vae" / "config.json").exists() and "reconstruction MSE" in out
+    code, out, _ = run(["train", str(tmp_path / "tiny"), "--steps", "2", "--n-images", "16", "--n-eval", "2"], capsys)
+    assert code == 0 and (tmp_path / "tiny" / "model_index.json").exists() and (tmp_path / "tiny-checkpoint.safetensors").exists()
+    assert load_sd(tmp_path / "tiny", "cpu").unet.config.sample_size == 8
+
+
+def test_finetune_and_train_lora(tmp_path, pipe, capsys):
+    run(["dataset", str(tmp_path / "ds"), "--n", "4", "--split", "concept"], capsys)
+    code, _, _ = run(["finetune", str(tmp_path / "ft"), "--images", str(tmp_path / "ds"), "--steps", "2"], capsys)
+    tuned = load_sd(tmp_path / "ft", "cpu")
+    assert code == 0 and any(not torch.equal(a, b) for a, b in zip(tuned.unet.parameters(), pipe.unet.parameters()))
+    code, out, _ = run(["train-lora", str(tmp_path / "lora"), "--steps", "2", "--rank", "2"], capsys)
+    assert code == 0 and (tmp_path / "lora" / "pytorch_lora_weights.safetensors").exists()
+    load_lora(load_sd(device="cpu"), tmp_path / "lora", "mine")
+    code, _, _ = run(["generate", "a red star in the center", "--steps", "4", "--lora", str(tmp_path / "lora"), "--lora-strength", "0.5",
+                      "-o", str(tmp_path / "s.png")], capsys)
+    assert code == 0 and png_info(tmp_path / "s.png")["lora_strength"] == 0.5
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["generate", "  ", "-o", "{tmp}/x.png"], "the prompt is empty"),
+    (["generate", "a red circle", "--guidance", "-1", "-o", "{tmp}/x.png"], "guidance_scale must be a number >= 0"),
+    (["generate", "a red circle", "--steps", "5000", "-o", "{tmp}/x.png"], "steps must be"),
+    (["img2img", "{tmp}/source.png", "a red circle", "--strength", "1.5", "-o", "{tmp}/x.png"], "strength must be a number in [0, 1]"),
+    (["generate", "a red circle", "-o", "{tmp}/missing/x.png"], "does not exist; create it first"),
+    (["generate", "a red circle", "-o", "{tmp}/x.jpg"], "must end in .png"),
+    (["generate", "a red circle", "--model", "{tmp}", "-o", "{tmp}/x.png"], "is a folder but not a diffusers pipeline"),
+    (["generate", "a red circle", "--model", "someone/not-downloaded", "-o", "{tmp}/x.png"], "the Hugging Face Hub cannot be reached"),
+    (["img2img", "{tmp}/mask.txt", "a red circle", "-o", "{tmp}/x.png"], "cannot read"),
+    (["img2img", "{tmp}/none.png", "a red circle", "-o", "{tmp}/x.png"], "no image at"),
+    (["inpaint", "{tmp}/source.png", "{tmp}/small.png", "a red circle", "-o", "{tmp}/x.png"], "they must be the same size"),
+    (["grade", "{tmp}/source.png"], "records no prompt"),
+    (["dataset", "{tmp}/source.png", "--n", "2"], "source.png"),
+])
+def test_bad_input_is_one_line_and_exit_1(argv, says, source, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (source / "mask.txt").write_text("not an image")
+    make_example(0, size=32)[0].save(source / "small.png")
+    before = sorted(p.name for p in source.iterdir())
+    code, out, err = run([a.format(tmp=source) for a in argv], capsys)
+    assert code == 1 and says in err and err.count("\n") == 1 and err.startswith(f"sdcourse {argv[0]}: error:"), err
+    assert sorted(p.name for p in source.iterdir()) == before  # nothing half-written
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["paint"], "invalid choice: 'paint'"), (["generate", "a red circle"], "the following arguments are required: -o/--output"),
+    (["generate", "a red circle", "-o", "x.png", "--steps", "0"], "must be at least 1"), (["generate", "x", "-o", "x.png", "--bogus"], "unrecognized arguments"),
+    (["generate", "x", "-o", "x.png", "--scheduler", "plms"], "invalid choice: 'plms'"), ([], "required: COMMAND"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit: main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_load_sd_folder_round_trip_and_errors(tmp_path, pipe, monkeypatch):
+    pipe.save_pretrained(tmp_path / "m")
+    a = generate(pipe, "a red circle in the center", seed=1, steps=4, output_type="pt")
+    b = generate(load_sd(tmp_path / "m", "cpu"), "a red circle in the center", seed=1, steps=4, output_type="pt")
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="no model_index.json"): load_sd(tmp_path, "cpu")
+    with pytest.raises(FileNotFoundError, match="neither a folder nor a hub id"): load_sd(tmp_path / "nope" / "deeper", "cpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub_reachable()
+    start = time.time()
+    with pytest.raises(ConnectionError, match="Pass a local folder"): load_sd("someone/not-downloaded", "cpu")
+    assert time.time() - start < 10
+
+
+def test_save_png_is_atomic_and_png_info_of_other_images(tmp_path, pipe):
+    image = make_example(1)[0]
+    save_png(image, tmp_path / "a.png", dict(prompt="x"))
+    save_png(image, tmp_path / "a.png", dict(prompt="y"))  # replaces
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"] and png_info(tmp_path / "a.png") == {"prompt": "y"}
+    image.save(tmp_path / "plain.png")
+    assert png_info(tmp_path / "plain.png") == {}
+    with pytest.raises(ValueError, match="holds no record of `sdcourse generate`"): reproduce(tmp_path / "plain.png")
