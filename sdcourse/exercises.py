@@ -6,9 +6,11 @@ Docs: https://sdcourse.github.io/sdcourse/exercises.html.md"""
 
 # %% auto #0
 __all__ = ['CheckResult', 'check_q_sample', 'check_reparameterize', 'check_kl_divergence', 'check_attention', 'check_split_heads',
-           'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer']
+           'check_timestep_embedding', 'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps',
+           'check_lora_layer']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
+import math
 from dataclasses import dataclass
 
 import torch
@@ -123,6 +125,22 @@ def check_split_heads(split_heads):
     mistakes = [(x.view(2, 4, 3, 2), "reshaping straight to [B, heads, n, d] mixes positions into heads; view as [B, n, heads, d], then transpose(1, 2)"),
                 (x.view(2, 3, 2, 4).permute(0, 3, 1, 2), "the features are split the wrong way round: view as [B, n, heads, d] (heads first), not [B, n, d, heads]")]
     return _compare(name, out, x.view(2, 3, 4, 2).transpose(1, 2), mistakes)
+
+# %% ../nbs/90_exercises.ipynb #8fad9690
+def check_timestep_embedding(timestep_embedding):
+    "Check the learner's `timestep_embedding(t, dim)`: [cos(t w_k), sin(t w_k)] with w_k = 10000^(-k / (dim / 2)), as diffusers' get_timestep_embedding(flip_sin_to_cos=True)."
+    name, t, dim = "timestep_embedding", torch.tensor([0, 1, 10, 250, 999]), 16
+    out, failed = _call(name, timestep_embedding, (t, dim), "timestep_embedding(t, dim=16) with t = tensor([0, 1, 10, 250, 999])")
+    if failed is not None: return failed
+    half = dim // 2
+    angles = lambda shift, sign=-1: t.float()[:, None] * torch.exp(sign * math.log(10_000) * torch.arange(half) / (half - shift))[None]
+    a = angles(0)
+    expected = torch.cat([a.cos(), a.sin()], -1)
+    mistakes = [(torch.cat([a.sin(), a.cos()], -1), "sines and cosines are swapped: Stable Diffusion puts the cosines first (diffusers' flip_sin_to_cos=True)"),
+                (torch.stack([a.cos(), a.sin()], -1).flatten(1), "cosines and sines are interleaved; concatenate them: all dim/2 cosines, then all dim/2 sines"),
+                (torch.cat([angles(1).cos(), angles(1).sin()], -1), "the exponent divides by dim/2 - 1; divide k by dim/2 (diffusers' downscale_freq_shift=0)"),
+                (torch.cat([angles(0, 1).cos(), angles(0, 1).sin()], -1), "the frequencies grow with k; they must fall, w_k = 10000^(-k / (dim/2))")]
+    return _compare(name, out, expected, mistakes)
 
 # %% ../nbs/90_exercises.ipynb #4cca5ddf
 def check_guided_noise(guided_noise):

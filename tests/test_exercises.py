@@ -60,3 +60,34 @@ def test_reparameterize_mistakes(wrong, says):
 def test_kl_mistakes(wrong, says):
     result = check_kl_divergence(wrong)
     assert not result and says in result.message, result
+
+
+import math
+
+from diffusers.models.embeddings import get_timestep_embedding
+
+from sdcourse.exercises import check_timestep_embedding
+from sdcourse.unet import timestep_embedding
+
+
+def _angles(t, dim, shift=0, sign=-1):
+    half = dim // 2
+    return t.float()[:, None] * torch.exp(sign * math.log(10_000) * torch.arange(half) / (half - shift))[None]
+
+
+def test_timestep_embedding_references_pass():
+    assert check_timestep_embedding(lambda t, dim: timestep_embedding(t, dim))
+    assert check_timestep_embedding(lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0))
+
+
+@pytest.mark.parametrize("wrong, says", [
+    (lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=0), "swapped"),
+    (lambda t, dim: torch.stack([_angles(t, dim).cos(), _angles(t, dim).sin()], -1).flatten(1), "interleaved"),
+    (lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=1), "divides by dim/2 - 1"),
+    (lambda t, dim: torch.cat([_angles(t, dim, sign=1).cos(), _angles(t, dim, sign=1).sin()], -1), "frequencies grow"),
+    (lambda t, dim: timestep_embedding(t, dim)[:, :dim // 2], "shape [5, 8]"),
+    (lambda t, dim: timestep_embedding(t.float() / 1000, dim), "differs from the reference"),
+])
+def test_timestep_embedding_mistakes(wrong, says):
+    result = check_timestep_embedding(wrong)
+    assert not result and says in result.message, result
