@@ -154,11 +154,11 @@ class ScheduleWidget:
         import matplotlib.pyplot as plt
         from IPython.display import display
         compare = None if self.compare.value in ("none", self.schedule.value) else self.compare.value
-        if self.figure is not None: plt.close(self.figure)
         self.figure = schedule_figure(self.images, self.schedule.value, self.t.value, compare, self.seed, self.T)
         with self.output:
             self.output.clear_output(wait=True)
             display(self.figure)
+        plt.close(self.figure)  # shown once, in the widget; not again by the inline backend at the end of the cell
         return self.figure
 
     def _ipython_display_(self):
