@@ -1,7 +1,9 @@
 "Every checker passes the reference solution and fails typical wrong ones with a message that says which."
 import pytest, torch
+from diffusers.models.embeddings import get_timestep_embedding
 
-from sdcourse.exercises import CheckResult, check_q_sample
+from sdcourse.exercises import CheckResult, check_q_sample, check_timestep_embedding
+from sdcourse.unet import timestep_embedding
 
 
 def q_sample(x0, t, noise, alpha_bar):
@@ -62,29 +64,25 @@ def test_kl_mistakes(wrong, says):
     assert not result and says in result.message, result
 
 
-import math
-
-from diffusers.models.embeddings import get_timestep_embedding
-
-from sdcourse.exercises import check_timestep_embedding
-from sdcourse.unet import timestep_embedding
-
-
-def _angles(t, dim, shift=0, sign=-1):
-    half = dim // 2
-    return t.float()[:, None] * torch.exp(sign * math.log(10_000) * torch.arange(half) / (half - shift))[None]
-
 
 def test_timestep_embedding_references_pass():
     assert check_timestep_embedding(lambda t, dim: timestep_embedding(t, dim))
     assert check_timestep_embedding(lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0))
 
 
+def rising(t, dim, power):
+    "The frequencies grow with k, written two ways a learner might (they differ in float32's last digits)."
+    k = torch.arange(dim // 2) / (dim // 2)
+    angles = t.float()[:, None] * (10_000 ** k if power else torch.exp(k * torch.log(torch.tensor(10_000.0))))
+    return torch.cat([angles.cos(), angles.sin()], -1)
+
+
 @pytest.mark.parametrize("wrong, says", [
     (lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=0), "swapped"),
-    (lambda t, dim: torch.stack([_angles(t, dim).cos(), _angles(t, dim).sin()], -1).flatten(1), "interleaved"),
+    (lambda t, dim: timestep_embedding(t, dim).view(-1, 2, dim // 2).transpose(1, 2).flatten(1), "interleaved"),
     (lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=1), "divides by dim/2 - 1"),
-    (lambda t, dim: torch.cat([_angles(t, dim, sign=1).cos(), _angles(t, dim, sign=1).sin()], -1), "frequencies grow"),
+    (lambda t, dim: rising(t, dim, power=True), "frequencies grow"),
+    (lambda t, dim: rising(t, dim, power=False), "frequencies grow"),
     (lambda t, dim: timestep_embedding(t, dim)[:, :dim // 2], "shape [5, 8]"),
     (lambda t, dim: timestep_embedding(t.float() / 1000, dim), "differs from the reference"),
 ])
