@@ -7,7 +7,7 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 # %% auto #0
 __all__ = ['DEVICE_KINDS', 'check_int', 'check_choice', 'available_devices', 'get_device', 'seed_everything', 'make_generator',
            'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit', 'show_images', 'progress', 'cache_dir',
-           'save_tensors', 'save_weights', 'load_weights', 'save_pretrained_atomic', 'shipped_path']
+           'quiet_libraries', 'save_tensors', 'save_weights', 'load_weights', 'save_pretrained_atomic', 'shipped_path']
 
 # %% ../nbs/00_core.ipynb #1f46a43a
 import os, random
@@ -125,6 +125,15 @@ def cache_dir(*parts):
     path = root.joinpath(*map(str, parts))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+# %% ../nbs/00_core.ipynb #7cd2cd31
+def quiet_libraries():
+    "Turn off diffusers', transformers' and datasets' loading bars and notes; their errors still show."
+    import datasets, diffusers, transformers
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 # %% ../nbs/00_core.ipynb #1387c681
 def save_tensors(tensors, path, metadata=None):

@@ -6,7 +6,7 @@ Docs: https://sdcourse.github.io/sdcourse/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'REAL_SD', 'HUB_ID', 'hub_reachable', 'load_sd', 'check_output', 'save_png', 'png_info', 'open_image',
-           'reproduce', 'cli_parser', 'quiet_libraries', 'main']
+           'reproduce', 'cli_parser', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #7a2748bf
 import argparse, json, os, re, socket, sys, tempfile, time
@@ -16,7 +16,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from . import __version__
-from .core import get_device, pil_to_tensor, save_pretrained_atomic, shipped_path, unit_to_signed
+from .core import get_device, pil_to_tensor, quiet_libraries, save_pretrained_atomic, shipped_path, unit_to_signed
 from .data import SPLITS, export_imagefolder, grade, load_imagefolder
 from .img2img import check_strength, img2img, inpaint
 from .lora import add_lora, concept_cache, finetune, images_cache, load_lora, save_lora, set_lora_strengths
@@ -259,13 +259,6 @@ def cli_parser():
     p.add_argument("images", nargs="+", help="PNG files")
     p.add_argument("--caption", default=None, help="the caption to grade against (default: the prompt recorded in each PNG)")
     return parser
-
-def quiet_libraries():
-    "A command line shows its own progress and errors, not the libraries' loading bars and notes."
-    import diffusers, transformers
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
 
 def main(argv=None):
     "Run the `sdcourse` command; errors print one line and return a non-zero exit code."
