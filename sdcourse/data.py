@@ -12,14 +12,14 @@ __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS'
            'export_imagefolder', 'load_imagefolder', 'course_dataset']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
-import csv, json, os, re, shutil
+import csv, json, re
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .core import cache_dir, check_choice, check_int, progress
+from .core import cache_dir, check_choice, check_int, foreign_files, manifest_kind, progress, replace_folder
 
 # %% ../nbs/01_data.ipynb #da154a83
 COLOURS = {"red": (220, 50, 47), "orange": (245, 140, 30), "yellow": (240, 210, 40),
@@ -256,33 +256,34 @@ def grader_accuracy(images, captions):
 # %% ../nbs/01_data.ipynb #3be61205
 SPEC_FILE = "sdcourse_dataset.json"
 
+def _spec(path):
+    try: return json.loads((Path(path) / SPEC_FILE).read_text())
+    except (OSError, ValueError): return None
+
 def export_imagefolder(path, n, split="train", seed=0, size=64, overwrite=False):
-    "Write `ShapesDataset(n, split, seed, size)` to `path` as PNGs plus `metadata.csv` (`file_name,text`)."
+    """Write `ShapesDataset(n, split, seed, size)` to `path` as PNGs plus `metadata.csv` (`file_name,text`).
+    The same export again returns at once; `overwrite` replaces an earlier export, removing only the files that export wrote;
+    a folder holding anything else is refused."""
     ds, path = ShapesDataset(n, split, seed, size), Path(path)
     spec = dict(n=ds.n, split=ds.split, seed=ds.seed, size=ds.size)
-    if path.exists() and any(path.iterdir()):
-        old = json.loads((path / SPEC_FILE).read_text()) if (path / SPEC_FILE).exists() else None
-        if old == spec: return path
-        if old is None:
-            raise FileExistsError(f"path {str(path)!r} is not empty and was not written by export_imagefolder; choose an empty folder")
-        if not overwrite:
-            raise FileExistsError(f"path {str(path)!r} holds another dataset {old}; pass overwrite=True to replace it, or another path")
-        shutil.rmtree(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    rows = []
-    for i in progress(range(ds.n), desc=f"exporting {split}"):
-        ex = ds[i]
-        ex["image"].save(tmp / f"{i:05d}.png")
-        rows.append((f"{i:05d}.png", ex["text"]))
-    with open(tmp / "metadata.csv", "w", newline="") as f: csv.writer(f).writerows([("file_name", "text"), *rows])
-    (tmp / SPEC_FILE).write_text(json.dumps(spec))
-    if path.exists() and not any(path.iterdir()): path.rmdir()
-    try: tmp.rename(path)  # atomic: a reader sees no folder or a complete one
+    if path.is_dir() and _spec(path) == spec: return path
+    if path.is_dir() and manifest_kind(path) == "imagefolder" and not overwrite and not foreign_files(path):
+        raise FileExistsError(f"path {str(path)!r} holds another dataset {_spec(path)}; pass overwrite=True (--overwrite) to replace it, or another path")
+
+    def write(tmp):
+        tmp.mkdir()
+        rows = []
+        for i in progress(range(ds.n), desc=f"exporting {split}"):
+            ex = ds[i]
+            ex["image"].save(tmp / f"{i:05d}.png")
+            rows.append((f"{i:05d}.png", ex["text"]))
+        with open(tmp / "metadata.csv", "w", newline="") as f: csv.writer(f).writerows([("file_name", "text"), *rows])
+        (tmp / SPEC_FILE).write_text(json.dumps(spec))
+
+    try: return replace_folder(path, write, "imagefolder", overwrite)  # atomic: a reader sees no folder or a complete one
     except OSError:  # another process finished the same export first
-        shutil.rmtree(tmp)
-        if json.loads((path / SPEC_FILE).read_text()) != spec: raise
-    return path
+        if _spec(path) != spec: raise
+        return path
 
 def load_imagefolder(path, cache=None):
     "Load an exported folder with `datasets.load_dataset('imagefolder', ...)`: a `datasets.Dataset` with `image` and `text`."

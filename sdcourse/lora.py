@@ -7,18 +7,18 @@ Docs: https://sdcourse.github.io/sdcourse/lora.html.md"""
 # %% auto #0
 __all__ = ['TARGETS', 'LORA_FILE', 'LoRALinear', 'lora_parameters', 'lora_targets', 'inject_lora', 'lora_state_dict',
            'merge_lora', 'lora_config', 'add_lora', 'concept_cache', 'with_prior', 'finetune', 'adaptation_scores',
-           'save_lora', 'lora_file', 'check_lora_fits', 'load_lora', 'set_lora_strengths', 'images_cache',
-           'negative_cache', 'background_flipped']
+           'lora_output', 'save_lora', 'lora_file', 'check_lora_fits', 'load_lora', 'set_lora_strengths',
+           'images_cache', 'negative_cache', 'background_flipped']
 
 # %% ../nbs/10_lora.ipynb #2282efe7
-import os, tempfile, time
+import math, os, tempfile, time
 from numbers import Real
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .core import check_int
+from .core import check_int, read_safetensors
 from .data import course_dataset, grade, grader_accuracy
 from .sampling import generate
 from .text import encode_prompts
@@ -95,6 +95,9 @@ def add_lora(unet, r=4, alpha=None, adapter_name="default", seed=0, targets=TARG
     "Freeze `unet` and add a trainable peft LoRA adapter called `adapter_name`; returns the number of trainable parameters."
     in_use = list(getattr(unet, "peft_config", {}) or {})
     if adapter_name in in_use: raise ValueError(f"adapter_name={adapter_name!r} is already in use on this UNet (adapters: {in_use}); pick another name")
+    widths = [min(m.weight.shape[:2]) for name, m in unet.named_modules()
+              if any(name.endswith("." + t) for t in targets) and getattr(m, "weight", None) is not None and m.weight.ndim >= 2]
+    check_int("r", r, 1, max(widths, default=None))  # past the widest layer's width a higher rank adds parameters, never expressiveness
     unet.requires_grad_(False)
     torch.manual_seed(seed)  # peft draws A from the global generator
     unet.add_adapter(lora_config(r, alpha, targets), adapter_name=adapter_name)
@@ -127,11 +130,20 @@ def adaptation_scores(pipe, n=100, seed=0):
 # %% ../nbs/10_lora.ipynb #b3877075
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
-def save_lora(unet, path, adapter_name="default"):
-    "Save a peft LoRA as diffusers does, `<path>/pytorch_lora_weights.safetensors` with its config as metadata, swapped in atomically."
+def lora_output(path, overwrite=False):
+    "The folder `save_lora` may write to: a new or existing folder whose LoRA file is replaced only with `overwrite` (nothing else in it is touched)."
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir(): raise FileExistsError(f"the output {str(path)!r} is a file, not a folder; name a folder")
+    if (path / LORA_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{str(path / LORA_FILE)!r} exists; pass --overwrite (overwrite=True) to replace it, or name another folder")
+    return path
+
+def save_lora(unet, path, adapter_name="default", overwrite=False):
+    """Save a peft LoRA as diffusers does, `<path>/pytorch_lora_weights.safetensors` with its config as metadata, swapped in atomically.
+    An existing LoRA file there is replaced only with `overwrite`, and nothing else in the folder is touched."""
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
-    path = Path(path)
+    path = lora_output(path, overwrite)
     path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path) as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=adapter_name),
@@ -148,19 +160,31 @@ def lora_file(path):
     return file
 
 def check_lora_fits(unet, path):
-    "Check every layer of the LoRA file against `unet` before loading: a LoRA made for another base fails here, naming the layer."
-    from safetensors import safe_open
-    with safe_open(str(lora_file(path)), "pt") as f:
-        for key in f.keys():
-            if not key.endswith((".lora_A.weight", ".lora_B.weight")): continue
-            name, shape = key.removeprefix("unet.").rsplit(".lora_", 1)[0], f.get_slice(key).get_shape()
-            try: layer = unet.get_submodule(name)
-            except AttributeError: raise ValueError(f"the LoRA file adapts layer {name!r}, which this UNet does not have (a LoRA for another base model?)") from None
-            d_out, d_in = getattr(layer, "base_layer", layer).weight.shape[:2]  # [out, in] for linear layers and convolutions alike
-            a = ".lora_A." in key  # A reads the layer's input, B writes its output
-            if (shape[1] if a else shape[0]) != (d_in if a else d_out):
-                raise ValueError(f"the LoRA file does not fit layer {name!r}: the layer maps {d_in} -> {d_out} features, "
-                                 f"the file's lora_{'A' if a else 'B'} has shape {shape} (a LoRA for another base model?)")
+    """Check every layer of the LoRA file against `unet` before loading: a LoRA made for another base fails here, naming the layer.
+    So does a damaged or forged file (not safetensors, no LoRA layers, integer or non-finite numbers, tensors of the wrong rank,
+    A and B of different ranks), naming the file or the tensor."""
+    file = lora_file(path)
+    try: tensors = read_safetensors(file)[0]
+    except ValueError as e: raise ValueError(f"the LoRA {e}") from None
+    keys = [k for k in tensors if k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    if not keys: raise ValueError(f"the LoRA file {str(file)!r} holds no LoRA layers (no tensors named *.lora_A.weight / *.lora_B.weight)")
+    ranks = {}
+    for key in keys:
+        name, w = key.removeprefix("unet.").rsplit(".lora_", 1)[0], tensors[key]
+        try: layer = unet.get_submodule(name)
+        except AttributeError: raise ValueError(f"the LoRA file adapts layer {name!r}, which this UNet does not have (a LoRA for another base model?)") from None
+        weight = getattr(layer, "base_layer", layer).weight
+        d_out, d_in = weight.shape[:2]  # [out, in] for linear layers and convolutions alike
+        a = ".lora_A." in key  # A reads the layer's input, B writes its output
+        if not w.is_floating_point() or w.ndim != weight.ndim:
+            raise ValueError(f"the LoRA file's {key} is a {w.ndim}-d {str(w.dtype).removeprefix('torch.')} tensor; layer {name!r} needs "
+                             f"a {weight.ndim}-d floating-point one (a damaged or forged file?)")
+        if (w.shape[1] if a else w.shape[0]) != (d_in if a else d_out):
+            raise ValueError(f"the LoRA file does not fit layer {name!r}: the layer maps {d_in} -> {d_out} features, "
+                             f"the file's lora_{'A' if a else 'B'} has shape {list(w.shape)} (a LoRA for another base model?)")
+        if ranks.setdefault(name, w.shape[0 if a else 1]) != w.shape[0 if a else 1]:
+            raise ValueError(f"the LoRA file's lora_A and lora_B for layer {name!r} have different ranks (a damaged or forged file?)")
+        if not torch.isfinite(w).all(): raise ValueError(f"the LoRA file's {key} holds NaN or infinite numbers; it would draw black images")
 
 def load_lora(pipe, path, adapter_name):
     "Load a LoRA file into `pipe` under `adapter_name` with diffusers' `load_lora_weights`, after checking the name and the shapes."
@@ -178,6 +202,7 @@ def set_lora_strengths(pipe, strengths):
         if name not in loaded: raise ValueError(f"no LoRA called {name!r} is loaded (loaded: {loaded})")
         if isinstance(strength, bool) or not isinstance(strength, Real):
             raise TypeError(f"the strength of {name!r} must be a number (1: as trained, 0: off), got {type(strength).__name__} {strength!r}")
+        if not math.isfinite(strength): raise ValueError(f"the strength of {name!r} must be a finite number (1: as trained, 0: off), got {strength!r}")
     pipe.set_adapters(list(strengths), adapter_weights=[float(s) for s in strengths.values()])
     return pipe
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (check_int, get_device, make_generator, progress, save_pretrained_atomic, shipped_path, signed_to_unit,
-                           tensor_to_pil)
+from .core import (cache_dir, check_int, check_output_folder, get_device, make_generator, progress, save_pretrained_atomic, shipped_path,
+                   signed_to_unit, tensor_to_pil)
 from .data import SPLITS, course_dataset, grade, make_caption, sample_attributes
 from .vae import dataset_images
 
@@ -182,9 +182,12 @@ def retrieval_accuracy(clip, tokenizer, images, captions):
     c2i = sum(fits(i, j) for j, i in enumerate(sim.argmax(0).tolist())) / len(pil)
     return dict(image_to_caption=i2c, caption_to_image=c2i)
 
-def train_course_text_encoder(steps=1500, n_images=10_000, batch_size=128, lr=1e-3, seed=0, device=None, out=None):
-    "Build the tokenizer, train mini-CLIP, and save the tokenizer, the text encoder and mini-CLIP with a training record."
-    out = shipped_path() if out is None else Path(out)
+def train_course_text_encoder(steps=1500, n_images=10_000, batch_size=128, lr=1e-3, seed=0, device=None, out=None, overwrite=False):
+    """Build the tokenizer, train mini-CLIP, and save the tokenizer, the text encoder and mini-CLIP with a training record.
+    `out` defaults to the course cache, never the shipped models; existing folders are replaced only with `overwrite`, and only if sdcourse wrote them."""
+    out = cache_dir("models") if out is None else Path(out)
+    folders = [out / "sdcourse-tiny" / "tokenizer", out / "sdcourse-tiny" / "text_encoder", out / "mini-clip"]
+    for folder in folders: check_output_folder(folder, overwrite)  # before the work, not after it
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     clip = make_mini_clip(tokenizer)
@@ -194,16 +197,15 @@ def train_course_text_encoder(steps=1500, n_images=10_000, batch_size=128, lr=1e
     history = train_mini_clip(clip, tokenizer, images, captions, steps, batch_size, lr, seed=seed, device=device)
     seconds = time.time() - start
     clip.cpu()
-    save_pretrained_atomic(tokenizer, out / "sdcourse-tiny" / "tokenizer")
-    save_pretrained_atomic(text_encoder_from_clip(clip), out / "sdcourse-tiny" / "text_encoder")
-    save_pretrained_atomic(clip, out / "mini-clip")
+    save_pretrained_atomic(tokenizer, folders[0], overwrite)
+    save_pretrained_atomic(text_encoder_from_clip(clip), folders[1], overwrite)
     evals = {split: retrieval_accuracy(clip, tokenizer, dataset_images(256, split, seed=1), list(course_dataset(256, split, seed=1)["text"]))
              for split in ("train", "heldout")}
     record = dict(command=f"python -c \"from sdcourse.text import train_course_text_encoder; train_course_text_encoder(steps={steps})\"",
                   steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_train_images=n_images, train_seconds=round(seconds),
                   device=str(get_device(device)), torch=torch.__version__, retrieval=evals,
                   final_loss=sum(h["loss"] for h in history[-50:]) / 50, history=[{k: round(v, 5) for k, v in h.items()} for h in history[::10]])
-    (out / "mini-clip" / "training.json").write_text(json.dumps(record, indent=1))
+    save_pretrained_atomic(clip, folders[2], overwrite, {"training.json": json.dumps(record, indent=1)})
     return clip, tokenizer, record
 
 def load_text_encoder(path=None, device=None):

@@ -11,14 +11,14 @@ __all__ = ['SCHEDULER_CONFIG', 'cache_training_data', 'training_batch', 'diffusi
            'compare_pixel_latent']
 
 # %% ../nbs/07_training.ipynb #e45ef00a
-import copy, json, time
+import copy, json, time, warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .core import (cache_dir, check_choice, check_int, get_device, progress, save_pretrained_atomic, save_tensors,
-                           shipped_path, signed_to_unit, tensor_to_pil)
+from .core import (cache_dir, check_choice, check_int, check_number, check_output_folder, get_device, progress, save_pretrained_atomic,
+                   save_tensors, shipped_path, signed_to_unit, tensor_to_pil)
 from .data import course_dataset, grader_accuracy, make_example
 from .schedules import NoiseSchedule
 from .text import encode_prompts, load_text_encoder
@@ -64,19 +64,21 @@ def _plain_config(model):
     "A model's config as plain JSON values, without diffusers' private keys."
     return {k: v for k, v in json.loads(json.dumps(dict(model.config))).items() if not k.startswith("_")}
 
-def save_checkpoint(path, unet, ema, optimizer, step, history):
-    "Everything a resumed run needs (UNet, EMA, AdamW state, step, history) in one safetensors file, written atomically."
+def save_checkpoint(path, unet, ema, optimizer, step, history, run=None):
+    "Everything a resumed run needs (UNet, EMA, AdamW state, step, history, and the `run`'s settings) in one safetensors file, written atomically."
     tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
     tensors |= {f"ema.{i}": p for i, p in enumerate(ema.shadow_params)}
     state = optimizer.state_dict()
     for i, s in state["state"].items():
         tensors |= {f"opt.{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v) for k, v in s.items()}
     meta = dict(step=step, ema_step=ema.optimization_step, unet_config=json.dumps(_plain_config(unet)),
-                param_groups=json.dumps(state["param_groups"]), history=json.dumps(history))
+                param_groups=json.dumps(state["param_groups"]), history=json.dumps(history), run=json.dumps(run or {}))
     return save_tensors(tensors, path, meta)
 
-def load_checkpoint(path, unet, ema, optimizer):
-    "Restore a `save_checkpoint` file into `unet`, `ema` and `optimizer`; returns `(step, history)`. Nothing is unpickled."
+def load_checkpoint(path, unet, ema, optimizer, run=None):
+    """Restore a `save_checkpoint` file into `unet`, `ema` and `optimizer`; returns `(step, history)`. Nothing is unpickled.
+    With `run` (the settings of the run that resumes: all but its length), a checkpoint made with other settings is refused:
+    resuming it would silently train another run."""
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train with resume=False to start from scratch")
@@ -89,6 +91,11 @@ def load_checkpoint(path, unet, ema, optimizer):
     own = _plain_config(unet)
     differ = [f"{k}={saved.get(k)!r} (this UNet: {own[k]!r})" for k in own if saved.get(k) != own[k]]
     if differ: raise ValueError(f"checkpoint {str(path)!r} is for a UNet with another config: " + "; ".join(differ))
+    if run is not None:
+        made = json.loads(meta.get("run") or "{}")
+        differ = [f"{k}={made.get(k)!r} (this run: {v!r})" for k, v in run.items() if made.get(k) != v] if made else ["settings not recorded"]
+        if differ: raise ValueError(f"checkpoint {str(path)!r} was made by a run with other settings ({'; '.join(differ)}); resuming it "
+                                    "would not train the run asked for: delete it (or use another checkpoint path) to start again, or rerun with its settings")
     unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
     ema.load_state_dict(dict(shadow_params=[tensors[f"ema.{i}"] for i in range(len(ema.shadow_params))],
                              optimization_step=int(meta["ema_step"])))
@@ -110,7 +117,9 @@ def train_unet(unet, cache, steps, batch_size=128, lr=1e-3, warmup=200, weight_d
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     steps, batch_size, grad_accum = check_int("steps", steps, 1), check_int("batch_size", batch_size, 1), check_int("grad_accum", grad_accum, 1)
+    lr = check_number("lr", lr, 0, 1, open_low=True)
     if not 0 <= p_uncond < 1: raise ValueError(f"p_uncond must lie in [0, 1), got {p_uncond}")
+    run = dict(batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, p_uncond=p_uncond, grad_accum=grad_accum, n_images=len(cache["captions"]))
     device = get_device(device)
     if mixed_precision is None: mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "no"
     check_choice("mixed_precision", mixed_precision, ("no", "fp16", "bf16"))
@@ -118,7 +127,10 @@ def train_unet(unet, cache, steps, batch_size=128, lr=1e-3, warmup=200, weight_d
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay)
     ema = EMAModel(unet.parameters(), decay=ema_decay)
-    start, history = load_checkpoint(checkpoint, unet, ema, optimizer) if resume else (0, [])
+    start, history = load_checkpoint(checkpoint, unet, ema, optimizer, run) if resume else (0, [])
+    if start > steps: raise ValueError(f"checkpoint {str(checkpoint)!r} is at step {start}, past the {steps} steps asked for; ask for at least "
+                                       f"{start} steps, or delete it to start again")
+    if resume and start == steps: warnings.warn(f"checkpoint {str(checkpoint)!r} is already at step {steps}: nothing left to train")
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup, steps, last_epoch=start - 1)
     unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
     ema.to(accelerator.device)
@@ -147,7 +159,7 @@ def train_unet(unet, cache, steps, batch_size=128, lr=1e-3, warmup=200, weight_d
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step + 1, history)
+            save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step + 1, history, run)
     accelerator.unwrap_model(unet).eval()
     return ema, history
 
@@ -205,9 +217,11 @@ def adherence_eval(vae, text_encoder, tokenizer, n=100, guidance_scale=5.0):
     return eval_fn
 
 def train_course_unet(steps=3500, n_images=10_000, batch_size=128, lr=1e-3, seed=0, eval_every=500, n_eval=200, guidance_scale=5.0,
-                      out=None, checkpoint=None, device=None):
-    "Train sdcourse-tiny's UNet (resuming from `checkpoint` if it exists) and save the whole pipeline with a training record."
-    out = shipped_path("sdcourse-tiny") if out is None else Path(out)
+                      out=None, checkpoint=None, device=None, overwrite=False):
+    """Train sdcourse-tiny's UNet (resuming from `checkpoint` if it holds this same run) and save the whole pipeline with a training record.
+    `out` defaults to the course cache, never the shipped model; an existing `out` is replaced only with `overwrite`, and only if sdcourse wrote it."""
+    out = cache_dir("models") / "sdcourse-tiny" if out is None else Path(out)
+    check_output_folder(out, overwrite)  # before the work, not after it
     device = get_device(device)
     checkpoint = Path(checkpoint) if checkpoint else cache_dir("checkpoints") / "sdcourse-tiny-unet.safetensors"
     vae, (tokenizer, text_encoder) = load_vae(device=device), load_text_encoder(device=device)
@@ -225,10 +239,9 @@ def train_course_unet(steps=3500, n_images=10_000, batch_size=128, lr=1e-3, seed
                   adherence=dict(quality, images=n_eval, sampler="DPM-Solver++", steps=20, guidance_scale=guidance_scale),
                   final_loss=sum(h["loss"] for h in history[-100:]) / len(history[-100:]),
                   history=[h for h in history if h["step"] % 10 == 0 or len(h) > 4])
-    records = {p.relative_to(out): p.read_text() for p in out.glob("*/training.json")} if out.exists() else {}
-    save_pretrained_atomic(pipe.to("cpu"), out)
-    for rel, text in records.items(): (out / rel).write_text(text)  # keep the VAE's record beside the new pipeline
-    (out / "unet" / "training.json").write_text(json.dumps(record, indent=1))
+    vae_record = shipped_path("sdcourse-tiny", "vae", "training.json")  # keep the VAE's record beside the new pipeline
+    records = {"unet/training.json": json.dumps(record, indent=1)} | ({"vae/training.json": vae_record.read_text()} if vae_record.exists() else {})
+    save_pretrained_atomic(pipe.to("cpu"), out, overwrite, records)
     return pipe, record
 
 # %% ../nbs/07_training.ipynb #c4727202

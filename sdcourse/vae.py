@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (check_int, get_device, load_weights, make_generator, pil_to_tensor, progress, save_pretrained_atomic,
-                           save_weights, shipped_path, unit_to_signed)
+from .core import (cache_dir, check_int, check_output_folder, get_device, load_weights, make_generator, pil_to_tensor, progress,
+                   save_pretrained_atomic, save_weights, shipped_path, unit_to_signed)
 from .data import course_dataset
 
 # %% ../nbs/03_vae.ipynb #2e4403c2
@@ -215,9 +215,11 @@ def latent_std(vae, images, batch_size=256, seed=0):
         zs.append(reparameterize(mu, logvar, torch.randn(mu.shape, generator=g, device=mu.device)))
     return torch.cat(zs).std().item()
 
-def train_course_vae(steps=4000, n_images=10_000, out=None, batch_size=32, lr=5e-4, beta=1e-5, seed=0, device=None):
-    "Train the course's AutoencoderKL from scratch on all colours and shapes, set its scaling factor, and save it with a training record."
-    out = shipped_path("sdcourse-tiny", "vae") if out is None else out
+def train_course_vae(steps=4000, n_images=10_000, out=None, batch_size=32, lr=5e-4, beta=1e-5, seed=0, device=None, overwrite=False):
+    """Train the course's AutoencoderKL from scratch on all colours and shapes, set its scaling factor, and save it with a training record.
+    `out` defaults to the course cache, never the shipped model; an existing `out` is replaced only with `overwrite`, and only if sdcourse wrote it."""
+    out = cache_dir("models") / "sdcourse-tiny-vae" if out is None else Path(out)
+    check_output_folder(out, overwrite)  # before the work, not after it
     torch.manual_seed(seed)
     vae, test = make_vae(), heldout_images()
     # a generic compressor, like SD's: every colour and shape, held-out pairs and stars included (seed 0; tests use seed 1)
@@ -232,6 +234,5 @@ def train_course_vae(steps=4000, n_images=10_000, out=None, batch_size=32, lr=5e
                   device=str(get_device(device)), torch=torch.__version__, heldout_mse=reconstruction_mse(vae, test), latent_std=std,
                   scaling_factor=1 / std, final_train_mse=sum(h["mse"] for h in history[-100:]) / 100,
                   history=[{k: round(v, 6) for k, v in h.items()} for h in history[::20]])
-    save_pretrained_atomic(vae.cpu(), out)
-    (Path(out) / "training.json").write_text(json.dumps(record, indent=1))
+    save_pretrained_atomic(vae.cpu(), out, overwrite, {"training.json": json.dumps(record, indent=1)})
     return vae, record

@@ -113,14 +113,19 @@ def test_a_failed_save_leaves_the_last_good_file(tmp_path, monkeypatch):
     load_weights(torch.nn.Linear(2, 2), path)
 
 
-def test_save_pretrained_atomic_replaces_a_folder_whole(tmp_path):
-    from sdcourse.core import save_pretrained_atomic
+def test_save_pretrained_atomic_replaces_only_its_own_folder_whole(tmp_path):
+    from sdcourse.core import MANIFEST, save_pretrained_atomic
     class Thing:
         def __init__(self, text): self.text = text
         def save_pretrained(self, folder):
             folder.mkdir(parents=True); (folder / "config.json").write_text(self.text)
     save_pretrained_atomic(Thing("one"), tmp_path / "model")
-    (tmp_path / "model" / "stale.bin").write_text("old")
-    save_pretrained_atomic(Thing("two"), tmp_path / "model")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    assert [p.name for p in (tmp_path / "model").iterdir()] == ["config.json"] and (tmp_path / "model" / "config.json").read_text() == "two"
+    with pytest.raises(FileExistsError, match="holds an earlier sdcourse output.*--overwrite"): save_pretrained_atomic(Thing("two"), tmp_path / "model")
+    save_pretrained_atomic(Thing("two"), tmp_path / "model", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary or old folder left
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", MANIFEST]
+    assert (tmp_path / "model" / "config.json").read_text() == "two"
+    (tmp_path / "model" / "notes.txt").write_text("mine")  # a user's file inside: never replaced, even with overwrite
+    with pytest.raises(FileExistsError, match=r"holds files sdcourse did not write \(notes.txt\)"):
+        save_pretrained_atomic(Thing("three"), tmp_path / "model", overwrite=True)
+    assert (tmp_path / "model" / "notes.txt").read_text() == "mine" and (tmp_path / "model" / "config.json").read_text() == "two"

@@ -140,7 +140,7 @@ def test_export_never_mixes_datasets(tmp_path):
     export_imagefolder(folder, 12, seed=1, overwrite=True)
     assert len(list(folder.glob("*.png"))) == 12 and "seed\": 1" in (folder / "sdcourse_dataset.json").read_text()
     mine = tmp_path / "mine"; mine.mkdir(); (mine / "photo.png").write_bytes(b"mine")
-    with pytest.raises(FileExistsError, match="not written by export_imagefolder"): export_imagefolder(mine, 5, overwrite=True)
+    with pytest.raises(FileExistsError, match=r"holds files sdcourse did not write \(photo.png\)"): export_imagefolder(mine, 5, overwrite=True)
     assert (mine / "photo.png").read_bytes() == b"mine"
 
 

@@ -114,11 +114,9 @@ def test_finetune_and_train_lora(tmp_path, pipe, capsys):
 
 @pytest.mark.parametrize("argv, says", [
     (["generate", "  ", "-o", "{tmp}/x.png"], "the prompt is empty"),
-    (["generate", "a red circle", "--guidance", "-1", "-o", "{tmp}/x.png"], "guidance_scale must be a number >= 0"),
-    (["generate", "a red circle", "--steps", "5000", "-o", "{tmp}/x.png"], "steps must be"),
-    (["img2img", "{tmp}/source.png", "a red circle", "--strength", "1.5", "-o", "{tmp}/x.png"], "strength must be a number in [0, 1]"),
     (["generate", "a red circle", "-o", "{tmp}/missing/x.png"], "does not exist; create it first"),
-    (["generate", "a red circle", "-o", "{tmp}/x.jpg"], "must end in .png"),
+    (["generate", "a red circle", "-o", "{tmp}/x.jpg"], "must be a file name ending in .png"),
+    (["generate", "a red circle", "-o", "{tmp}/source.png"], "exists; pass --overwrite to replace it"),
     (["generate", "a red circle", "--model", "{tmp}", "-o", "{tmp}/x.png"], "is a folder but not a diffusers pipeline"),
     (["generate", "a red circle", "--model", "someone/not-downloaded", "-o", "{tmp}/x.png"], "the Hugging Face Hub cannot be reached"),
     (["img2img", "{tmp}/mask.txt", "a red circle", "-o", "{tmp}/x.png"], "cannot read"),
@@ -139,7 +137,10 @@ def test_bad_input_is_one_line_and_exit_1(argv, says, source, capsys, monkeypatc
 
 @pytest.mark.parametrize("argv, says", [
     (["paint"], "invalid choice: 'paint'"), (["generate", "a red circle"], "the following arguments are required: -o/--output"),
-    (["generate", "a red circle", "-o", "x.png", "--steps", "0"], "must be at least 1"), (["generate", "x", "-o", "x.png", "--bogus"], "unrecognized arguments"),
+    (["generate", "a red circle", "-o", "x.png", "--steps", "0"], "argument --steps: must be a whole number in [1, 1000], got 0"),
+    (["generate", "a red circle", "--guidance", "-1", "-o", "x.png"], "argument --guidance: must be a finite number in [0, 50], got -1"),
+    (["generate", "a red circle", "--steps", "5000", "-o", "x.png"], "argument --steps"),
+    (["img2img", "s.png", "a red circle", "--strength", "1.5", "-o", "x.png"], "argument --strength: must be a finite number in [0, 1]"), (["generate", "x", "-o", "x.png", "--bogus"], "unrecognized arguments"),
     (["generate", "x", "-o", "x.png", "--scheduler", "plms"], "invalid choice: 'plms'"), ([], "required: COMMAND"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(argv, says, capsys):
