@@ -7,9 +7,10 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 # %% auto #0
 __all__ = ['DEVICE_KINDS', 'MANIFEST', 'check_int', 'check_number', 'check_choice', 'available_devices', 'get_device',
            'seed_everything', 'make_generator', 'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit',
-           'show_images', 'progress', 'cache_dir', 'quiet_libraries', 'temporary_sibling', 'save_tensors',
-           'save_weights', 'read_safetensors', 'load_weights', 'write_manifest', 'foreign_files', 'manifest_kind',
-           'check_output_folder', 'replace_folder', 'save_pretrained_atomic', 'shipped_path']
+           'show_images', 'rendering_page', 'progress', 'cache_dir', 'results_path', 'quiet_libraries',
+           'temporary_sibling', 'save_tensors', 'save_weights', 'read_safetensors', 'load_weights', 'write_manifest',
+           'foreign_files', 'manifest_kind', 'check_output_folder', 'replace_folder', 'save_pretrained_atomic',
+           'shipped_path']
 
 # %% ../nbs/00_core.ipynb #1f46a43a
 import json, os, random, shutil
@@ -127,10 +128,14 @@ def show_images(images, captions=None, ncols=8, size=1.5, signed=False, title=No
     return fig
 
 # %% ../nbs/00_core.ipynb #f005eada
+def rendering_page():
+    "Whether this notebook runs under `nbdev-test`, whose saved outputs become the rendered site: no progress bars there, and widgets as pictures."
+    return os.environ.get("IN_TEST", "") not in ("", "0")
+
 def progress(iterable=None, total=None, desc=None, leave=True, **kwargs):
-    "A `tqdm.auto` progress bar; silenced by `SDCOURSE_PROGRESS=0`."
+    "A `tqdm.auto` progress bar; silenced by `SDCOURSE_PROGRESS=0`, and on a page being rendered."
     from tqdm.auto import tqdm
-    disable = os.environ.get("SDCOURSE_PROGRESS", "1") == "0"
+    disable = os.environ.get("SDCOURSE_PROGRESS", "1") == "0" or rendering_page()
     return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, **kwargs)
 
 def cache_dir(*parts):
@@ -139,6 +144,14 @@ def cache_dir(*parts):
     path = root.joinpath(*map(str, parts))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+def results_path(mine, shipped, retrain=False):
+    """Where a lecture's long-run results are: `mine` (in the course cache, where a `RETRAIN = True` run writes them) when retraining or
+    once the learner has made them, else `shipped`, what the course ships. It says which, so every page tells whose numbers it shows."""
+    mine = Path(mine)
+    use_mine = retrain or mine.is_file() or (mine.is_dir() and any(mine.iterdir()))  # an empty folder holds no results yet
+    print(f"{Path(shipped).name}: {'your own run (in the course cache)' if use_mine else 'the run the course ships'}")
+    return mine if use_mine else Path(shipped)
 
 # %% ../nbs/00_core.ipynb #7cd2cd31
 def quiet_libraries():
@@ -247,7 +260,7 @@ def check_output_folder(path, overwrite=False, what="output"):
     path = Path(path).expanduser()
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FileExistsError(f"the {what} {str(path)!r} is a file, not a folder; name a new folder")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and _files(path):  # a folder of empty folders counts as empty
         foreign = foreign_files(path)
         if foreign:
             raise FileExistsError(f"the {what} folder {str(path)!r} holds files sdcourse did not write ({', '.join(foreign[:3])}"

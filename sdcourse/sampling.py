@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 
-from .core import check_choice, check_int, progress, tensor_to_pil
+from .core import check_choice, check_int, progress, rendering_page, tensor_to_pil
 from .data import grader_accuracy
 from .schedules import linear_betas, scaled_linear_betas
 from .text import encode_prompts
@@ -282,5 +282,10 @@ class GuidanceWidget:
         return self.images
 
     def _ipython_display_(self):
-        from IPython.display import display
-        display(self.ui)
+        "The live widget in a notebook; on the rendered site, where no widget runs, its current grid with the settings that made it."
+        from IPython.display import Markdown, display
+        if not rendering_page(): return display(self.ui)
+        n, negative = self.n_images, f", negative prompt \"{self.negative_prompt.value}\"" if self.negative_prompt.value else ""
+        display(Markdown(f"*\"{self.prompt.value}\"{negative}: guidance {self.guidance_scale.value:g}, {self.steps.value} {self.scheduler.value} steps, "
+                         f"seeds {self.seed.value} to {self.seed.value + n - 1} (run the notebook to use the controls)*"))
+        display(image_row(self.images))

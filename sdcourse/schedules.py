@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from .core import check_choice, check_int, get_device
+from .core import check_choice, check_int, get_device, rendering_page
 
 # %% ../nbs/02_forward.ipynb #d8ad112d
 SCHEDULES = ("linear", "scaled_linear", "cosine")
@@ -155,12 +155,14 @@ class ScheduleWidget:
         from IPython.display import display
         compare = None if self.compare.value in ("none", self.schedule.value) else self.compare.value
         self.figure = schedule_figure(self.images, self.schedule.value, self.t.value, compare, self.seed, self.T)
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.figure)
+        if not rendering_page():
+            with self.output:
+                self.output.clear_output(wait=True)
+                display(self.figure)
         plt.close(self.figure)  # shown once, in the widget; not again by the inline backend at the end of the cell
         return self.figure
 
     def _ipython_display_(self):
+        "The live widget in a notebook; on the rendered site, where no widget runs, a picture of its current state."
         from IPython.display import display
-        display(self.ui)
+        display(self.figure if rendering_page() else self.ui)

@@ -87,7 +87,7 @@ class TransformerBlock(nn.Module):
 
 # %% ../nbs/06_unet.ipynb #b6493773
 class SpatialTransformer(nn.Module):
-    "A feature map [B, C, H, W] as H*W tokens through a `TransformerBlock`, with 1x1 convolutions in and out and a residual."
+    "A feature map `[B, C, H, W]` as `H*W` tokens through a `TransformerBlock`, with 1x1 convolutions in and out and a residual."
     def __init__(self, channels, heads, context_dim, groups=32):
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)

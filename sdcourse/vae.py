@@ -34,7 +34,7 @@ class ResBlock(nn.Module):
 
 # %% ../nbs/03_vae.ipynb #26a320ae
 class Encoder(nn.Module):
-    "Image [B, 3, H, W] -> (mu, logvar), each [B, z, H/f, W/f], with f = 2 ** (len(channels) - 1)."
+    "Image `[B, 3, H, W]` -> `(mu, logvar)`, each `[B, z, H/f, W/f]`, with `f = 2 ** (len(channels) - 1)`."
     def __init__(self, channels=(8, 16, 32, 64), z_channels=4):
         super().__init__()
         layers = [nn.Conv2d(3, channels[0], 3, padding=1)]
@@ -46,7 +46,7 @@ class Encoder(nn.Module):
 
 # %% ../nbs/03_vae.ipynb #f511b26f
 class Decoder(nn.Module):
-    "Latent [B, z, h, w] -> image [B, 3, h*f, w*f]: the encoder in reverse, upsampling by nearest neighbour + conv."
+    "Latent `[B, z, h, w]` -> image `[B, 3, h*f, w*f]`: the encoder in reverse, upsampling by nearest neighbour + conv."
     def __init__(self, channels=(8, 16, 32, 64), z_channels=4):
         super().__init__()
         rev = channels[::-1]

@@ -80,7 +80,7 @@ def rising(t, dim, power):
 @pytest.mark.parametrize("wrong, says", [
     (lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=0), "swapped"),
     (lambda t, dim: timestep_embedding(t, dim).view(-1, 2, dim // 2).transpose(1, 2).flatten(1), "interleaved"),
-    (lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=1), "divides by dim/2 - 1"),
+    (lambda t, dim: get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=1), "original DDPM code's convention (diffusers' downscale_freq_shift=1)"),
     (lambda t, dim: rising(t, dim, power=True), "frequencies grow"),
     (lambda t, dim: rising(t, dim, power=False), "frequencies grow"),
     (lambda t, dim: timestep_embedding(t, dim)[:, :dim // 2], "shape [5, 8]"),
@@ -89,3 +89,115 @@ def rising(t, dim, power):
 def test_timestep_embedding_mistakes(wrong, says):
     result = check_timestep_embedding(wrong)
     assert not result and says in result.message, result
+
+
+# The checkers added with lectures 1, 4, 7 and 11, the untouched stub, and the lectures' own exercise cells.
+import ast, json, re
+from pathlib import Path
+
+from sdcourse.data import parse_caption
+from sdcourse.exercises import (CAPTION_CASES, NOT_ATTEMPTED, check_contrastive_loss, check_hub_id, check_parse_caption,
+                                check_training_loss)
+from sdcourse.pipeline import HUB_ID
+from sdcourse.text import contrastive_loss
+
+NBS = Path(__file__).resolve().parents[1] / "nbs"
+
+
+def stub(*args): raise NotImplementedError
+
+
+@pytest.mark.parametrize("checker", [check_q_sample, check_timestep_embedding, check_parse_caption, check_contrastive_loss, check_hub_id,
+                                     check_training_loss, check_reparameterize, check_kl_divergence])
+def test_an_untouched_stub_is_not_attempted_yet(checker):
+    result = checker(stub)
+    assert not result and not result.attempted and result.message == NOT_ATTEMPTED and repr(result).startswith("TO DO")
+
+
+def case_sensitive(caption):  # a typical mistake: capitalised words are not in the lookup, so the learner's code raises
+    if caption != caption.lower(): raise KeyError(caption.split()[0])
+    return parse_caption(caption)
+
+
+def test_parse_caption_reference_passes_and_mistakes_are_named():
+    assert check_parse_caption(parse_caption) and len(CAPTION_CASES) >= 7
+    one_word = lambda c: parse_caption(c) | {"position": parse_caption(c)["position"].split()[-1]}
+    for wrong, says in [(one_word, "a position can be two words"), (lambda c: parse_caption(c) | {"size": None}, "leave out what the caption does not name"),
+                        (lambda c: {k: v for k, v in parse_caption(c).items() if k != "background"}, "names the background"),
+                        (lambda c: parse_caption(c) if c == c.lower() else {}, "lowercase the caption"),
+                        (case_sensitive, "lowercase the caption"),
+                        (lambda c: {**parse_caption(c), "size": "small"} if "big" in c else parse_caption(c), "'big' means large"),
+                        (lambda c: list(parse_caption(c).values()), "return a dict")]:
+        result = check_parse_caption(wrong)
+        assert not result and says in result.message, result
+
+
+def test_contrastive_loss_reference_passes_and_mistakes_are_named():
+    assert check_contrastive_loss(contrastive_loss)
+    ce = torch.nn.functional.cross_entropy
+    for wrong, says in [(lambda l: ce(l, torch.arange(len(l))), "only one direction"), (lambda l: ce(l.T, torch.arange(len(l))), "only one direction"),
+                        (lambda l: 2 * contrastive_loss(l), "summed; InfoNCE as CLIP trains it averages"),
+                        (lambda l: len(l) * contrastive_loss(l), "summed over the batch"),
+                        (lambda l: (ce(l, torch.zeros(len(l), dtype=torch.long)) + ce(l.T, torch.zeros(len(l), dtype=torch.long))) / 2, "labels = torch.arange(n)")]:
+        result = check_contrastive_loss(wrong)
+        assert not result and says in result.message, result
+
+
+def _loss(unet, x0, context, empty, drop, t, noise, alpha_bar, target=None, feed=None, sqrt=True, dropout=True, reduce=torch.mean):
+    "The training loss written independently of the checker, with one switch per mistake."
+    ab = alpha_bar[t].view(-1, 1, 1, 1)
+    x_t = (ab.sqrt() * x0 + (1 - ab).sqrt() * noise) if sqrt else ab * x0 + (1 - ab) * noise
+    c = context if dropout is False else torch.where(drop[:, None, None], context, empty) if dropout == "inverted" else torch.where(drop[:, None, None], empty, context)
+    return reduce((unet(x0 if feed == "x0" else x_t, t, c) - (x0 if target == "x0" else noise)) ** 2)
+
+
+@pytest.mark.parametrize("kwargs, says", [(dict(dropout=False), "never dropped"), (dict(dropout="inverted"), "wrong way round"),
+                                          (dict(target="x0"), "the target is the noise"), (dict(feed="x0"), "the UNet sees x0"),
+                                          (dict(sqrt=False), "use their square roots"), (dict(reduce=torch.sum), "take their mean")])
+def test_training_loss_mistakes_are_named(kwargs, says):
+    assert check_training_loss(_loss)
+    result = check_training_loss(lambda *a: _loss(*a, **kwargs))
+    assert not result and says in result.message, result
+
+
+def test_hub_id_reference_passes_and_mistakes_are_named():
+    assert check_hub_id(lambda s: HUB_ID.fullmatch(s) is not None)
+    for wrong, says in [(lambda s: "/" in s, "a slash is not enough"), (lambda s: len(s.split("/")) == 2 and not s.startswith((".", "~")), "non-empty"),
+                        (lambda s: re.fullmatch(r"\w+/\w+", s) is not None, "names may hold '-'"),
+                        (lambda s: len(s.split("/")) == 2 and all(s.split("/")), "starts with a letter or digit"),
+                        (lambda s: re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w./-]*", s) is not None, "exactly one slash"),
+                        (lambda s: "yes", "return True or False")]:
+        result = check_hub_id(wrong)
+        assert not result and says in result.message, result
+
+
+def _cells(name):
+    return [c for c in json.loads((NBS / name).read_text())["cells"] if c["cell_type"] == "code"]
+
+
+@pytest.mark.parametrize("lecture", sorted(p.name for p in NBS.glob("[01][0-9]_*.ipynb") if p.name != "00_core.ipynb"))
+def test_every_lecture_shows_a_stub_and_its_checker_never_the_solution(lecture):
+    calls = 0
+    for cell in _cells(lecture):
+        source = "".join(cell["source"])
+        if "check_" not in source or "sdcourse.exercises" not in source: continue
+        tree = ast.parse("\n".join(l for l in source.splitlines() if not l.startswith(("#|", "%", "!"))))
+        defined = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "").startswith("check_")):
+            calls += 1
+            arg = call.args[0].id
+            assert arg in defined, f"{lecture}: {call.func.id}({arg}) checks a function not written in that cell"
+            raises = [n for n in ast.walk(defined[arg]) if isinstance(n, ast.Raise) and "NotImplementedError" in ast.unparse(n)]
+            assert raises, f"{lecture}: {arg} is not a stub (it should end in raise NotImplementedError; the solution lives in 90_exercises)"
+            assert not cell.get("outputs") or "not attempted yet" in json.dumps(cell["outputs"]), f"{lecture}: the stub's saved output is not 'not attempted yet'"
+    assert calls >= 1, f"{lecture} has no exercise with a checker"
+
+
+def test_the_exercises_page_holds_every_checker_with_one_folded_solution():
+    import sdcourse.exercises as ex
+    checkers = [n for n in ex.__all__ if n.startswith("check_")]
+    assert len(checkers) >= 14
+    folded = ["".join(c["source"]) for c in _cells("90_exercises.ipynb") if "#| code-fold: true" in "".join(c["source"])]
+    for name in checkers:
+        solutions = [s for s in folded if re.search(rf"\b{name}\(", s)]
+        assert len(solutions) == 1, f"{name}: {len(solutions)} folded solution cells (expected one)"

@@ -51,7 +51,8 @@ def test_front_matter_has_a_title_and_a_one_line_description(path):
 @pytest.mark.parametrize("path", LECTURES, ids=lambda p: p.name)
 def test_colab_badge_and_install_cell(path, monkeypatch):
     badge, install = cells(path)[1:3]
-    assert badge.cell_type == "markdown" and f"colab.research.google.com/github/sdcourse/sdcourse/blob/main/nbs/{path.name})" in badge.source
+    assert badge.cell_type == "markdown" and f'href="https://colab.research.google.com/github/sdcourse/sdcourse/blob/main/nbs/{path.name}"' in badge.source
+    assert "![" not in badge.source  # a markdown image alone in a paragraph renders as a captioned figure; the badge is an inline HTML link
     assert install.cell_type == "code"
     calls = []
     shell = types.SimpleNamespace(run_line_magic=lambda *args: calls.append(args))
@@ -86,10 +87,19 @@ def test_api_reference_lists_every_public_name():
     "The committed API page (generated from the library) is current: every exported name of every module is on it."
     import importlib
     page = "".join(o["data"].get("text/markdown", "") for c in cells(NBS / "api.ipynb") if c.cell_type == "code" for o in c.get("outputs", []) if "data" in o)
+    headings = "\n".join(c.source for c in cells(NBS / "api.ipynb") if c.cell_type == "markdown")  # markdown cells: in the page's table of contents
     for lecture in LECTURES:
         match = re.search(r"#\|\s*default_exp\s+(\w+)", "\n".join(c.source for c in cells(lecture)))
         if match is None: continue
         module = importlib.import_module(f"sdcourse.{match.group(1)}")
-        assert f"## sdcourse.{match.group(1)}" in page, f"api.ipynb has no section for sdcourse.{match.group(1)}: re-run it"
-        missing = [name for name in module.__all__ if f"| `{name}` |" not in page]
+        assert f"## sdcourse.{match.group(1)}" in headings, f"api.ipynb has no section for sdcourse.{match.group(1)}"
+        missing = [name for name in module.__all__ if f"<code>{name}</code>" not in page]
         assert not missing, f"api.ipynb does not list {missing} from sdcourse.{match.group(1)}: re-run it"
+
+
+def test_site_styles_wrap_long_lines_and_the_site_has_a_favicon():
+    css = (NBS / "styles.css").read_text()
+    assert re.search(r"\.cell-output pre[^{]*\{[^}]*white-space: pre-wrap", css) and "div.sourceCode pre" in css  # long lines wrap, none cut off
+    assert ".sidebar-item" in css and "white-space: normal" in css  # long sidebar titles wrap on a phone
+    quarto = yaml.safe_load((NBS.parent / "_quarto.yml").read_text())
+    assert (NBS / quarto["website"]["favicon"]).exists()

@@ -1,5 +1,5 @@
-"The wheel carries the trained model: installed into a fresh virtual environment, with no checkout and no network, `sdcourse generate` works."
-import os, shutil, subprocess, sys, sysconfig, zipfile
+"The release build (sdist, then the wheel from it) carries the trained model: installed into a fresh virtual environment, with no checkout and no network, `sdcourse generate` works."
+import os, shutil, subprocess, sys, sysconfig, tarfile, zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,9 +15,16 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_offline(tmp_path):
     # build from a copy, so that no stale build/ folder of the checkout can leak old files into the wheel
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "_proc", "_docs", ".cache", "__pycache__"))
-    run([sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", "-q"])
+    # as the release workflow builds it: the sdist first, then the wheel from the sdist (so the sdist is proven complete)
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", tmp_path / "dist", source])
+    sdist, = (tmp_path / "dist").glob("sdcourse-*.tar.gz")
+    with tarfile.open(sdist) as tar: in_sdist = tar.getnames()
+    assert any(n.endswith("data/sdcourse-tiny/unet/diffusion_pytorch_model.safetensors") for n in in_sdist)
+    assert any(n.endswith("README.md") for n in in_sdist) and not any("/nbs/" in n for n in in_sdist)
     wheel, = (tmp_path / "dist").glob("sdcourse-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    assert {"sdcourse/core.py", "sdcourse/pipeline.py", "sdcourse/__init__.py"} <= set(names)
+    assert not [n for n in names if n.endswith(".ipynb") or n.startswith("tests/")]
     for shipped in ("sdcourse/shipped/sdcourse-tiny/unet/diffusion_pytorch_model.safetensors",
                     "sdcourse/shipped/lectures/10_lora/stars/pytorch_lora_weights.safetensors"):
         assert shipped in names
