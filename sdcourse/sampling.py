@@ -87,8 +87,9 @@ def seed_generators(seed, n):
     if isinstance(seed, (list, tuple)) and all(isinstance(g, torch.Generator) for g in seed):
         if len(seed) != n: raise ValueError(f"seed is a list of {len(seed)} generators for {n} prompts; give one per prompt")
         return list(seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int >= 0, a torch.Generator or a list of one generator per prompt, got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed <= 2**63 - n: raise ValueError(f"seed must be an int >= 0 (and seed + {n - 1} < 2**63), got {seed}")
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 # %% ../nbs/08_sampling.ipynb #d51ad2ce

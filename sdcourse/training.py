@@ -124,42 +124,44 @@ def train_unet(unet, cache, steps, batch_size=128, lr=1e-3, warmup=200, weight_d
     if mixed_precision is None: mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "no"
     check_choice("mixed_precision", mixed_precision, ("no", "fp16", "bf16"))
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=device.type == "cpu")
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay)
-    ema = EMAModel(unet.parameters(), decay=ema_decay)
-    start, history = load_checkpoint(checkpoint, unet, ema, optimizer, run) if resume else (0, [])
-    if start > steps: raise ValueError(f"checkpoint {str(checkpoint)!r} is at step {start}, past the {steps} steps asked for; ask for at least "
-                                       f"{start} steps, or delete it to start again")
-    if resume and start == steps: warnings.warn(f"checkpoint {str(checkpoint)!r} is already at step {steps}: nothing left to train")
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup, steps, last_epoch=start - 1)
-    unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
-    ema.to(accelerator.device)
-    schedule = NoiseSchedule.named("scaled_linear", device=accelerator.device)
-    unet.train()
-    begun, offset = time.time(), history[-1]["seconds"] if history else 0.0
-    bar = progress(range(start, steps), total=steps, initial=start, desc="training UNet")
-    for step in bar:
-        for micro in range(grad_accum):
-            with accelerator.accumulate(unet):
-                x0, context, t, noise = (v.to(accelerator.device) for v in
-                                         training_batch(cache, step * grad_accum + micro, batch_size, seed, p_uncond, schedule.T))
-                loss = diffusion_loss(unet, schedule, x0, context, t, noise)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss.item()} at step {step}; stopped before writing a checkpoint "
-                                             f"(the last good one, if any, is untouched: {checkpoint}). Lower lr or check the cached data.")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients: accelerator.clip_grad_norm_(unet.parameters(), max_grad_norm)
-                optimizer.step(); lr_schedule.step(); optimizer.zero_grad()
-        ema.step(unet.parameters())
-        record = dict(step=step + 1, loss=loss.item(), lr=lr_schedule.get_last_lr()[0], seconds=offset + time.time() - begun)
-        if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            ema.store(unet.parameters()); ema.copy_to(unet.parameters()); unet.eval()
-            record |= eval_fn(accelerator.unwrap_model(unet))
-            ema.restore(unet.parameters()); unet.train()
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step + 1, history, run)
+    cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seed a copy of the global generators: the caller's random stream is left as it was
+        torch.manual_seed(seed)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay)
+        ema = EMAModel(unet.parameters(), decay=ema_decay)
+        start, history = load_checkpoint(checkpoint, unet, ema, optimizer, run) if resume else (0, [])
+        if start > steps: raise ValueError(f"checkpoint {str(checkpoint)!r} is at step {start}, past the {steps} steps asked for; ask for at least "
+                                           f"{start} steps, or delete it to start again")
+        if resume and start == steps: warnings.warn(f"checkpoint {str(checkpoint)!r} is already at step {steps}: nothing left to train")
+        lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup, steps, last_epoch=start - 1)
+        unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+        ema.to(accelerator.device)
+        schedule = NoiseSchedule.named("scaled_linear", device=accelerator.device)
+        unet.train()
+        begun, offset = time.time(), history[-1]["seconds"] if history else 0.0
+        bar = progress(range(start, steps), total=steps, initial=start, desc="training UNet")
+        for step in bar:
+            for micro in range(grad_accum):
+                with accelerator.accumulate(unet):
+                    x0, context, t, noise = (v.to(accelerator.device) for v in
+                                             training_batch(cache, step * grad_accum + micro, batch_size, seed, p_uncond, schedule.T))
+                    loss = diffusion_loss(unet, schedule, x0, context, t, noise)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"the loss became {loss.item()} at step {step}; stopped before writing a checkpoint "
+                                                 f"(the last good one, if any, is untouched: {checkpoint}). Lower lr or check the cached data.")
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients: accelerator.clip_grad_norm_(unet.parameters(), max_grad_norm)
+                    optimizer.step(); lr_schedule.step(); optimizer.zero_grad()
+            ema.step(unet.parameters())
+            record = dict(step=step + 1, loss=loss.item(), lr=lr_schedule.get_last_lr()[0], seconds=offset + time.time() - begun)
+            if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                ema.store(unet.parameters()); ema.copy_to(unet.parameters()); unet.eval()
+                record |= eval_fn(accelerator.unwrap_model(unet))
+                ema.restore(unet.parameters()); unet.train()
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+                save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step + 1, history, run)
     accelerator.unwrap_model(unet).eval()
     return ema, history
 

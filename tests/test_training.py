@@ -170,3 +170,11 @@ def test_shipped_adherence_not_worse_than_recorded():
         assert got["all"] >= recorded["all"] - 0.02, (split, got, recorded)
     attributes = ("colour", "shape", "position", "size", "background")
     assert all(recorded_train >= 0.9 for recorded_train in (record["adherence"]["train"][k] for k in attributes)), record["adherence"]["train"]
+
+
+def test_training_leaves_the_callers_global_generator_alone(cache):
+    unet = fresh()
+    torch.manual_seed(123); expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_unet(unet, cache, 2, batch_size=8, warmup=1, seed=5)
+    assert torch.equal(torch.rand(3), expected)  # the stream continues as if training had not run
