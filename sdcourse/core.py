@@ -240,14 +240,24 @@ def write_manifest(folder, kind):
     return folder / MANIFEST
 
 def foreign_files(folder):
-    """The files in `folder` that sdcourse did not write (all but those its manifest lists with the same SHA-256).
-    A forged or stale manifest cannot make a user's file look like ours: the content must match."""
-    folder = Path(folder)
-    try: listed = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError): listed = {}
-    if not isinstance(listed, dict): listed = {}
-    return [name for name in _files(folder) if name != MANIFEST and
-            (name not in listed or (folder / name).is_symlink() or _sha256(folder / name) != listed[name])]
+    """The files in `folder` that sdcourse did not write: each file must be listed, with the same SHA-256, in the manifest of the
+    nearest folder above it that has one (a folder of several outputs, each with its manifest, is all ours). A forged or stale
+    manifest cannot make a user's file look like ours: the content must match."""
+    folder, manifests, foreign = Path(folder), {}, []
+    def listed(d):
+        if d not in manifests:
+            try: files = json.loads((d / MANIFEST).read_text())["files"]
+            except (OSError, ValueError, KeyError, TypeError): files = None
+            manifests[d] = files if isinstance(files, dict) or files is None else {}
+        return manifests[d]
+    for name in _files(folder):
+        path = folder / name
+        if path.name == MANIFEST: continue
+        home = path.parent
+        while listed(home) is None and home != folder: home = home.parent
+        files, rel = listed(home) or {}, path.relative_to(home).as_posix()
+        if rel not in files or path.is_symlink() or _sha256(path) != files[rel]: foreign.append(name)
+    return foreign
 
 def manifest_kind(folder):
     "The `kind` recorded by `write_manifest` in `folder`, or None."
@@ -266,7 +276,7 @@ def check_output_folder(path, overwrite=False, what="output"):
             raise FileExistsError(f"the {what} folder {str(path)!r} holds files sdcourse did not write ({', '.join(foreign[:3])}"
                                   f"{', ...' if len(foreign) > 3 else ''}); nothing was changed: name a new folder, or move those files out")
         if not overwrite:
-            raise FileExistsError(f"the {what} folder {str(path)!r} holds an earlier sdcourse output ({manifest_kind(path)}); "
+            raise FileExistsError(f"the {what} folder {str(path)!r} holds an earlier sdcourse output ({manifest_kind(path) or 'several parts'}); "
                                   "pass --overwrite (overwrite=True) to replace it, or name a new folder")
     parent = next((p for p in path.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK): raise PermissionError(f"cannot create {str(path)!r}: {str(parent)!r} is not writable")

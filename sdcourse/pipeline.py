@@ -24,6 +24,7 @@ from .data import SPLITS, export_imagefolder, grade, load_imagefolder
 from .img2img import img2img, inpaint
 from .lora import LORA_FILE, add_lora, concept_cache, finetune, images_cache, load_lora, save_lora, set_lora_strengths
 from .sampling import SCHEDULERS, generate, to_images
+from .text import train_course_text_encoder
 from .training import train_course_unet
 from .vae import train_course_vae
 
@@ -176,10 +177,14 @@ def _prompt(text):
     if not text.strip(): raise ValueError("the prompt is empty; describe the image (an unconditional sample is --guidance 0 with any prompt)")
     return text
 
+def _where(path):
+    "A model or LoRA as the recipe records it: a hub id or the shipped model's name as given, a local path made absolute (so any folder can reproduce it)."
+    return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else str(path or "")
+
 def _info(args, model, **extra):
     return dict(command=args.command, prompt=args.prompt, negative_prompt=args.negative or "", seed=args.seed, steps=args.steps,
-                guidance_scale=args.guidance, scheduler=args.scheduler, model=model, lora=str(args.lora or ""),
-                lora_strength=args.lora_strength, **extra)
+                guidance_scale=args.guidance, scheduler=args.scheduler, model=model if model == DEFAULT_MODEL else _where(model),
+                lora=_where(args.lora), lora_strength=args.lora_strength, **extra)
 
 def _outputs(args, sources=()):
     "`-o` itself for one image, NAME-0.png, NAME-1.png ... for several: all checked before any work starts."
@@ -248,6 +253,12 @@ def _run_train_vae(args):
     _, record = train_course_vae(args.steps, args.n_images, args.output, seed=args.seed, device=args.device, overwrite=args.overwrite)
     print(f"{args.output}: held-out reconstruction MSE {record['heldout_mse']:.5f}")
 
+def _run_train_text_encoder(args):
+    out = check_output_folder(args.output, args.overwrite)  # the folder as a whole, before the work; its three parts are checked again inside
+    _, _, record = train_course_text_encoder(args.steps, args.n_images, seed=args.seed, device=args.device, out=out, overwrite=args.overwrite)
+    held = record["retrieval"]["heldout"]
+    print(f"{out}: text encoder in sdcourse-tiny/, mini-CLIP in mini-clip/; held-out retrieval caption -> image {held['caption_to_image']:.2f}")
+
 def _run_train(args):
     checkpoint = Path(args.output).with_name(Path(args.output).name + "-checkpoint.safetensors")
     _, record = train_course_unet(args.steps, args.n_images, seed=args.seed, out=args.output, eval_every=None, n_eval=args.n_eval,
@@ -313,14 +324,15 @@ def cli_parser():
                      "data and training from the command line. Every command runs offline on sdcourse-tiny unless --model names another model.")
     parser.add_argument("--version", action="version", version=f"sdcourse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    device = argparse.ArgumentParser(add_help=False)
+    device = argparse.ArgumentParser(add_help=False)  # only where a network runs
     device.add_argument("--device", default=None, help="cuda, mps or cpu; the best available when left out")
-    device.add_argument("--seed", type=_bounded(int, 0, MAX_SEED), default=0, help="random seed (image i of a batch gets seed + i)")
+    seed = argparse.ArgumentParser(add_help=False)
+    seed.add_argument("--seed", type=_bounded(int, 0, MAX_SEED), default=0, help="random seed (image i of a batch gets seed + i)")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", default=None, help=f"a folder saved with save_pretrained, or a hub id such as {REAL_SD}; sdcourse-tiny when left out")
     overwrite = argparse.ArgumentParser(add_help=False)
     overwrite.add_argument("--overwrite", action="store_true", help="replace this command's own earlier output (never anything else)")
-    sampling = argparse.ArgumentParser(add_help=False, parents=[model, device, overwrite])
+    sampling = argparse.ArgumentParser(add_help=False, parents=[model, device, seed, overwrite])
     sampling.add_argument("-o", "--output", required=True, help="the PNG to write (several images: NAME-0.png, NAME-1.png, ...)")
     sampling.add_argument("--negative", default=None, help="negative prompt: what the image should not show")
     sampling.add_argument("--steps", type=_bounded(int, 1, 1000), default=20, help="sampling steps")
@@ -343,22 +355,27 @@ def cli_parser():
         if name == "inpaint": p.add_argument("mask", help="a mask image the size of the source: white is repainted, black kept")
         p.add_argument("prompt", help="what the result should show")
         p.add_argument("--strength", type=_bounded(float, 0, 1), default=0.6 if name == "img2img" else 1.0, help="how much to change, in [0, 1]")
-    p = add("dataset", "export the course dataset as an imagefolder with metadata.csv (lecture 1)", [device, overwrite], _run_dataset)
+    p = add("dataset", "export the course dataset as an imagefolder with metadata.csv (lecture 1)", [seed, overwrite], _run_dataset)
     p.add_argument("output", help="a new or empty folder to write")
     p.add_argument("--n", type=_bounded(int, 1, 100_000), default=1000, help="number of images")
     p.add_argument("--split", default="train", choices=SPLITS, help="which part of the dataset")
-    p = add("train-vae", "train the course's VAE from scratch (lecture 3)", [device, overwrite], _run_train_vae)
+    p = add("train-vae", "train the course's VAE from scratch (lecture 3)", [device, seed, overwrite], _run_train_vae)
     p.add_argument("output", help="a new or empty folder to save the VAE to")
     p.add_argument("--steps", type=_bounded(int, 1, 1_000_000), default=4000, help="training steps")
     p.add_argument("--n-images", type=_bounded(int, 10, 100_000), default=10_000, help="training images")
-    p = add("train", "train sdcourse-tiny's UNet from scratch with the shipped VAE and text encoder (lecture 7)", [device, overwrite], _run_train)
+    p = add("train-text-encoder", "build the tokenizer and train mini-CLIP, whose text half is sdcourse-tiny's text encoder (lecture 4)",
+            [device, seed, overwrite], _run_train_text_encoder)
+    p.add_argument("output", help="a new or empty folder: the tokenizer and text encoder go to OUTPUT/sdcourse-tiny, mini-CLIP to OUTPUT/mini-clip")
+    p.add_argument("--steps", type=_bounded(int, 1, 1_000_000), default=1500, help="training steps")
+    p.add_argument("--n-images", type=_bounded(int, 1, 100_000), default=10_000, help="training images")
+    p = add("train", "train sdcourse-tiny's UNet from scratch with the shipped VAE and text encoder (lecture 7)", [device, seed, overwrite], _run_train)
     p.add_argument("output", help="a new or empty folder to save the whole pipeline to (a checkpoint beside it makes the same run resumable)")
     p.add_argument("--steps", type=_bounded(int, 1, 1_000_000), default=3500, help="training steps")
     p.add_argument("--n-images", type=_bounded(int, 1, 100_000), default=10_000, help="training images")
     p.add_argument("--n-eval", type=_bounded(int, 1, 10_000), default=200, help="images generated per split to measure prompt adherence at the end")
     for name, help, lr in (("finetune", "fine-tune the whole UNet on a few images (lecture 10)", 3e-4),
                            ("train-lora", "train a LoRA on a few images (lecture 10)", 1e-2)):
-        p = add(name, help, [model, device, overwrite], _run_adapt)
+        p = add(name, help, [model, device, seed, overwrite], _run_adapt)
         p.add_argument("output", help="a new or empty folder to save to" + (" (pytorch_lora_weights.safetensors)" if name == "train-lora" else " (a whole pipeline)"))
         p.add_argument("--images", default=None, help=f"an imagefolder with metadata.csv (file_name,text), at most {MAX_ADAPT_IMAGES} images; default: the course's 20 star images")
         p.add_argument("--steps", type=_bounded(int, 1, 1_000_000), default=1000, help="training steps")

@@ -129,3 +129,16 @@ def test_save_pretrained_atomic_replaces_only_its_own_folder_whole(tmp_path):
     with pytest.raises(FileExistsError, match=r"holds files sdcourse did not write \(notes.txt\)"):
         save_pretrained_atomic(Thing("three"), tmp_path / "model", overwrite=True)
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine" and (tmp_path / "model" / "config.json").read_text() == "two"
+
+
+def test_nested_outputs_count_as_ours_and_a_forged_nested_manifest_cannot_vouch_for_a_users_file(tmp_path):
+    import json
+    from sdcourse.core import MANIFEST, foreign_files, write_manifest
+    for part in ("a", "b/c"):
+        (tmp_path / part).mkdir(parents=True); (tmp_path / part / "w.bin").write_bytes(part.encode()); write_manifest(tmp_path / part, "x")
+    assert foreign_files(tmp_path) == []
+    (tmp_path / "b" / "notes.txt").write_text("mine")  # above c's manifest, below none: not ours
+    (tmp_path / "a" / "w.bin").write_bytes(b"changed")  # listed, but not what sdcourse wrote
+    (tmp_path / "d").mkdir(); (tmp_path / "d" / "thesis.tex").write_text("work")
+    (tmp_path / "d" / MANIFEST).write_text(json.dumps({"kind": "x", "files": {"thesis.tex": "0" * 64}}))  # forged
+    assert foreign_files(tmp_path) == ["a/w.bin", "b/notes.txt", "d/thesis.tex"]

@@ -10,7 +10,7 @@ from sdcourse.lora import load_lora
 from sdcourse.pipeline import cli_parser, hub_reachable, load_sd, main, png_info, reproduce, save_png
 from sdcourse.sampling import generate
 
-COMMANDS = ["generate", "img2img", "inpaint", "dataset", "train-vae", "train", "finetune", "train-lora", "grade"]
+COMMANDS = ["generate", "img2img", "inpaint", "dataset", "train-vae", "train-text-encoder", "train", "finetune", "train-lora", "grade"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def test_every_subcommand_has_help_with_defaults(command, capsys):
     assert exit.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: sdcourse {command}")
-    if command != "grade": assert "(default:" in text and "--seed" in text and "--device" in text
+    if command != "grade": assert "(default:" in text and "--seed" in text
+    assert ("--device" in text) == (command not in ("grade", "dataset"))  # only where a network runs
 
 
 def test_top_level_help_lists_every_subcommand():
@@ -171,3 +172,31 @@ def test_save_png_is_atomic_and_png_info_of_other_images(tmp_path, pipe):
     image.save(tmp_path / "plain.png")
     assert png_info(tmp_path / "plain.png") == {}
     with pytest.raises(ValueError, match="holds no record of `sdcourse generate`"): reproduce(tmp_path / "plain.png")
+
+
+def test_train_text_encoder_writes_three_parts_and_replaces_only_with_overwrite(tmp_path, capsys):
+    code, out, err = run(["train-text-encoder", str(tmp_path / "text"), "--steps", "2", "--n-images", "64"], capsys)
+    assert code == 0 and "held-out retrieval" in out, err
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+    CLIPTokenizer.from_pretrained(tmp_path / "text" / "sdcourse-tiny" / "tokenizer")
+    CLIPTextModel.from_pretrained(tmp_path / "text" / "sdcourse-tiny" / "text_encoder")
+    assert (tmp_path / "text" / "mini-clip" / "training.json").exists() and CLIPModel.from_pretrained(tmp_path / "text" / "mini-clip")
+    code, _, err = run(["train-text-encoder", str(tmp_path / "text"), "--steps", "2", "--n-images", "64"], capsys)
+    assert code == 1 and "--overwrite" in err
+    assert run(["train-text-encoder", str(tmp_path / "text"), "--steps", "2", "--n-images", "64", "--overwrite"], capsys)[0] == 0
+
+
+def test_a_png_reproduces_from_any_folder_with_its_lora(tmp_path, capsys, monkeypatch):
+    from sdcourse.core import shipped_path
+    import shutil
+    shutil.copytree(shipped_path("lectures", "10_lora", "stars"), tmp_path / "work" / "stars")
+    monkeypatch.chdir(tmp_path / "work")  # relative paths on the command line...
+    assert run(["generate", "a red star in the center", "--steps", "6", "--lora", "stars", "--lora-strength", "0.8", "-o", "s.png"], capsys)[0] == 0
+    info = png_info(tmp_path / "work" / "s.png")
+    assert info["lora"] == str(tmp_path / "work" / "stars") and info["model"] == "sdcourse-tiny"  # ...recorded absolute
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = reproduce(tmp_path / "work" / "s.png", device="cpu")
+    assert np.array_equal(np.asarray(again), np.asarray(Image.open(tmp_path / "work" / "s.png")))
+    plain = generate(load_sd(device="cpu"), "a red star in the center", steps=6, seed=0)[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(again))  # the LoRA was applied, not dropped
