@@ -27,7 +27,7 @@ def main():
     vae = load_vae(device=device)
     print(f"sdcourse-tiny VAE on {device} ({torch.get_num_threads()} CPU threads), 64x64 images <-> 4x8x8 latents")
     print(f"| batch | encode images/s | decode images/s |\n|---|---|---|")
-    for batch in (1, 16, 64):
+    for batch in (1, 16, 32, 48, 64):
         x = torch.rand(batch, 3, 64, 64, device=device) * 2 - 1
         z = encode_images(vae, x, sample=False)
         enc = images_per_second(lambda: encode_images(vae, x, sample=False), batch, args.repeats, device)
