@@ -87,3 +87,26 @@ def test_shipped_unet_has_the_course_config(unet):
         got = unet.config[k]
         assert (tuple(got) if isinstance(got, (list, tuple)) else got) == v, (k, got, v)
     assert unet.config.cross_attention_dim == 64  # the text encoder's hidden size
+
+
+def test_scratch_unet_equals_diffusers_on_an_sd15_shaped_network():
+    "Stable Diffusion v1.5's UNet layout (four levels, two layers each, 8 heads), narrowed so that it runs in a second."
+    from sdcourse.pipeline import SD15_UNET_CONFIG, unet_parity
+    narrow = {**SD15_UNET_CONFIG, "block_out_channels": (32, 64, 64, 64), "cross_attention_dim": 48, "sample_size": 16}
+    result = unet_parity(narrow, seed=3)
+    assert result["max_difference"] < 1e-5 and result["parameters"] > 1_000_000, result
+
+
+@pytest.mark.slow
+def test_sd15_configurations_build_the_published_sizes():
+    "The configurations lecture 11 builds at full size give Stable Diffusion v1.5's parameter counts (860 M, 84 M, 123 M)."
+    import gc
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from sdcourse.pipeline import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
+    count = lambda model: sum(p.numel() for p in model.parameters())
+    sizes = {}
+    for name, build in (("unet", lambda: UNet2DConditionModel(**SD15_UNET_CONFIG)), ("vae", lambda: AutoencoderKL(**SD15_VAE_CONFIG)),
+                        ("text_encoder", lambda: CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)))):
+        sizes[name] = count(build()); gc.collect()
+    assert sizes == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
