@@ -33,7 +33,7 @@ def main(argv=None):
     paths = sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith(("_", ".")))
     if args.only: paths = [p for p in paths if p.name.split("_")[0] in args.only]
     rows = lecture_times(paths, args.flags)
-    print(f"| notebook | seconds |\n|---|---|")
+    print("| notebook | seconds |\n|---|---|")
     for name, seconds, passed in rows: print(f"| {name} | {seconds:.0f}{'' if passed else ' (failed)'} |")
     print(f"| **all {len(rows)}** | **{sum(s for _, s, _ in rows):.0f}** |")
     slow = [name for name, seconds, _ in rows if seconds > args.limit]

@@ -11,7 +11,7 @@ __all__ = ['DEFAULT_MODEL', 'REAL_SD', 'HUB_ID', 'MAX_SIDE', 'MAX_PIXELS', 'SD15
            'cli_parser', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #7a2748bf
-import argparse, json, math, os, re, socket, sys, tempfile, time, warnings
+import argparse, json, math, os, re, socket, sys, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +218,7 @@ def _info(args, model, **extra):
 
 def _outputs(args, sources=()):
     "`-o` itself for one image, NAME-0.png, NAME-1.png ... for several: all checked before any work starts."
-    out = check_output(args.output, args.overwrite, sources) if args.num_images == 1 else Path(args.output)
+    out = Path(args.output)
     names = [out] if args.num_images == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(args.num_images)]
     return [check_output(name, args.overwrite, sources) for name in names]
 
@@ -245,7 +245,7 @@ def _finite_images(pipe, latents):
 def _run_sampling(args):
     "generate, img2img and inpaint: every input and output checked first, then one batch, then one PNG per image with its recipe."
     prompts = [_prompt(args.prompt)] * args.num_images
-    sources = [args.image] + ([args.mask] if args.command == "inpaint" else []) if args.command != "generate" else []
+    sources = [getattr(args, k) for k in ("image", "mask") if hasattr(args, k)]  # img2img's image, inpaint's image and mask
     outputs = _outputs(args, sources)
     common = dict(negative_prompt=args.negative, steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
                   output_type="latent")

@@ -8,10 +8,10 @@ import pytest, torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from sdcourse.core import MANIFEST, foreign_files, get_device, load_weights, make_generator
-from sdcourse.data import export_imagefolder, make_example
+from sdcourse.core import MANIFEST, foreign_files, get_device, load_weights
+from sdcourse.data import make_example
 from sdcourse.pipeline import load_sd, main, open_image, png_info
-from sdcourse.lora import LORA_FILE, add_lora, check_lora_fits
+from sdcourse.lora import LORA_FILE, add_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 
