@@ -1,4 +1,4 @@
-"""The trained network only predicts noise; a sampler turns that prediction into an image. DDPM's Algorithm 2 and DDIM written from scratch and proven equal to diffusers' steps, classifier-free guidance and negative prompts, one sampling loop that gives exactly `StableDiffusionPipeline`'s images, measured tables of sampler x steps and of the guidance scale, and a live guidance widget.
+"""The trained network only predicts noise; a sampler turns that prediction into an image. DDPM's Algorithm 2, DDIM and Euler written from scratch and proven equal to diffusers' steps, PNDM (PLMS) and LMS beside them, classifier-free guidance and negative prompts, one sampling loop that gives exactly `StableDiffusionPipeline`'s images, measured tables of sampler x steps and of the guidance scale, slerp walks between seeds, and a live guidance widget.
 
 Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 
@@ -6,8 +6,9 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 
 # %% auto #0
 __all__ = ['SPACINGS', 'SCHEDULERS', 'sampling_timesteps', 'alpha_bar_at', 'predict_x0', 'ddpm_step', 'ddim_step', 'guided_noise',
-           'draw_noise', 'seed_generators', 'ScratchScheduler', 'make_scheduler', 'check_generation', 'both_branches',
-           'text_context', 'denoise', 'to_images', 'generate', 'measure_sampling', 'image_row', 'GuidanceWidget']
+           'draw_noise', 'seed_generators', 'sigma_at', 'euler_step', 'ScratchScheduler', 'make_scheduler',
+           'check_generation', 'both_branches', 'text_context', 'denoise', 'to_images', 'generate', 'slerp',
+           'measure_sampling', 'image_row', 'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time
@@ -92,38 +93,70 @@ def seed_generators(seed, n):
     if not 0 <= seed <= 2**63 - n: raise ValueError(f"seed must be an int >= 0 (and seed + {n - 1} < 2**63), got {seed}")
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
+# %% ../nbs/08_sampling.ipynb #21dc52f5
+def sigma_at(alpha_bar, t):
+    "Karras' noise level sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) at timesteps `t` (fractional ones interpolated linearly, as diffusers does)."
+    sigma = ((1 - alpha_bar) / alpha_bar).sqrt()  # [T]
+    t = torch.as_tensor(t, dtype=torch.float64)
+    lo = t.floor().long().clamp(0, len(sigma) - 1)
+    hi = (lo + 1).clamp(max=len(sigma) - 1)
+    return torch.lerp(sigma[lo].double(), sigma[hi].double(), t - lo).to(sigma.dtype)  # same shape as t
+
+def euler_step(x, eps, sigma, sigma_next):
+    "One Euler step of the probability-flow ODE dx/dsigma = eps, in Karras' form x = x0 + sigma eps, from `sigma` to `sigma_next`."
+    return x + (sigma_next - sigma) * eps  # the slope (x - x0_hat) / sigma is the predicted noise itself
+
+
 # %% ../nbs/08_sampling.ipynb #d51ad2ce
 class ScratchScheduler:
-    "This lecture's DDPM or DDIM step behind the interface a sampling loop needs (`set_timesteps`, `timesteps`, `init_noise_sigma`, `scale_model_input`, `step`)."
-    init_noise_sigma = 1.0  # x_T ~ N(0, I)
-
+    "This lecture's DDPM, DDIM or Euler step behind the interface a sampling loop needs (`set_timesteps`, `timesteps`, `init_noise_sigma`, `scale_model_input`, `step`)."
     def __init__(self, kind="ddim", config=None, eta=0.0, variance="small"):
-        self.kind = check_choice("kind", kind, ("ddpm", "ddim"))
+        self.kind = check_choice("kind", kind, ("ddpm", "ddim", "euler"))
         self.config = {**SCHEDULER_CONFIG, "timestep_spacing": "leading", **(config or {})}
         c = self.config
         betas = {"linear": linear_betas, "scaled_linear": scaled_linear_betas}[check_choice("beta_schedule", c["beta_schedule"], ("linear", "scaled_linear"))]
-        self.alpha_bar = torch.cumprod(1 - betas(c["num_train_timesteps"], c["beta_start"], c["beta_end"]), 0)
+        self.alpha_bar = torch.cumprod(1 - betas(c["num_train_timesteps"], c["beta_start"], c["beta_end"]), 0)  # [T]
         self.eta, self.variance = eta, variance
 
     def set_timesteps(self, steps, device=None):
-        c = self.config
-        self.timesteps = sampling_timesteps(steps, c["num_train_timesteps"], c["timestep_spacing"], c["steps_offset"]).to(device)
-        self.stride = c["num_train_timesteps"] // steps
+        c, T = self.config, self.config["num_train_timesteps"]
+        self.timesteps = sampling_timesteps(steps, T, c["timestep_spacing"], c["steps_offset"])
+        self.stride = T // steps
+        if self.kind == "euler":  # Karras' form: the sigmas of the timesteps, then 0 (the clean image)
+            if c["timestep_spacing"] == "linspace": self.timesteps = torch.linspace(0, T - 1, steps, dtype=torch.float64).flip(0)  # unrounded, as diffusers' Euler
+            self.timesteps = self.timesteps.float()
+            self.sigmas = torch.cat([sigma_at(self.alpha_bar, self.timesteps), torch.zeros(1)])  # [steps + 1]
+        self.timesteps = self.timesteps.to(device)
 
-    def scale_model_input(self, x, t): return x  # DDPM and DDIM feed x_t to the UNet as it is
+    @property
+    def init_noise_sigma(self):
+        "x_T's std: 1 for DDPM and DDIM (x_T ~ N(0, I)); Euler's x = x_T / sqrt(alpha_bar_T) is sigma_max times wider (diffusers takes sqrt(sigma_max^2 + 1) with leading spacing)."
+        if self.kind != "euler": return 1.0
+        top = self.sigmas.max()
+        return top if self.config["timestep_spacing"] in ("linspace", "trailing") else (top ** 2 + 1).sqrt()
+
+    def index(self, t): return (self.timesteps == t).nonzero()[0, 0].item()
+
+    def scale_model_input(self, x, t):
+        "DDPM and DDIM feed x_t to the UNet as it is; Euler's x = x_t / sqrt(alpha_bar_t) goes back to x_t = x / sqrt(sigma^2 + 1)."
+        return x / (self.sigmas[self.index(t)] ** 2 + 1).sqrt() if self.kind == "euler" else x
 
     def add_noise(self, x0, noise, t):
-        "Lecture 2's closed form q(x_t | x_0), for a batch of timesteps `t` (image-to-image starts from it)."
-        alpha_bar = self.alpha_bar.to(x0.device)[t].view(-1, *[1] * (x0.ndim - 1))
+        "Lecture 2's closed form q(x_t | x_0) for a batch of timesteps `t` (image-to-image starts from it); x0 + sigma_t noise in Euler's form."
+        if self.kind == "euler": return x0 + sigma_at(self.alpha_bar, t).to(x0.device).view(-1, *[1] * (x0.ndim - 1)) * noise
+        alpha_bar = self.alpha_bar.to(x0.device)[t].view(-1, *[1] * (x0.ndim - 1))  # [B, 1, 1, 1]
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
 
     def previous(self, t):
         "The timestep after `t`: the next one in the list for DDPM; t - T // steps for DDIM, as diffusers does whatever the spacing."
         if self.kind == "ddim": return int(t) - self.stride
-        i = (self.timesteps == t).nonzero()[0, 0].item()
+        i = self.index(t)
         return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
 
     def step(self, eps, t, x, generator=None):
+        if self.kind == "euler":
+            i = self.index(t)
+            return SimpleNamespace(prev_sample=euler_step(x, eps, self.sigmas[i].to(x.device), self.sigmas[i + 1].to(x.device)))
         needs_noise = t > 0 if self.kind == "ddpm" else self.eta > 0
         noise = draw_noise(x.shape, generator, x.device, x.dtype) if needs_noise else None
         alpha_bar = self.alpha_bar.to(x.device)
@@ -131,8 +164,10 @@ class ScratchScheduler:
                ddim_step(x, eps, int(t), self.previous(t), alpha_bar, self.eta, noise)
         return SimpleNamespace(prev_sample=step)
 
+
 # %% ../nbs/08_sampling.ipynb #31f72db9
-SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
+SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
+              "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler"}
 
 def make_scheduler(name, config=None, **overrides):
     "The diffusers scheduler `name` (a key of `SCHEDULERS`) with the betas of `config` (a pipeline's `scheduler.config`; SD's by default)."
@@ -140,7 +175,9 @@ def make_scheduler(name, config=None, **overrides):
     cls = getattr(diffusers, SCHEDULERS[check_choice("scheduler", name, SCHEDULERS)])
     latent = dict(clip_sample=False) if name in ("ddpm", "ddim") else {}  # latents are not images in [-1, 1]: never clip them
     if name == "ddpm": latent["variance_type"] = "fixed_small"
+    if name == "pndm": latent["skip_prk_steps"] = True  # SD 1.x's PLMS: linear multistep from the first step, no Runge-Kutta warm-up
     return cls.from_config(dict(config or SCHEDULER_CONFIG), **{**latent, **overrides})
+
 
 # %% ../nbs/08_sampling.ipynb #49287b0d
 def _check_prompts(prompt, negative_prompt):
@@ -223,6 +260,14 @@ def generate(pipe, prompt, negative_prompt=None, steps=20, guidance_scale=5.0, s
     # 3. denoise: predict the noise for both branches, guide, step; 4. decode
     x = denoise(pipe, x, scheduler.timesteps, context, guidance_scale, scheduler, generator, eta, show_progress=show_progress)
     return to_images(pipe.vae, x, output_type)
+
+# %% ../nbs/08_sampling.ipynb #88435662
+def slerp(a, b, frac):
+    "Spherical interpolation from `a` (frac 0) to `b` (frac 1) along the great circle through them, each whole tensor one vector: the norm stays a Gaussian's."
+    theta = ((a * b).sum() / (a.norm() * b.norm())).clamp(-1, 1).acos()  # the angle between the two noises (about 90 degrees)
+    if theta < 1e-4: return torch.lerp(a, b, frac)  # (nearly) parallel: the straight line is the arc
+    return (torch.sin((1 - frac) * theta) * a + torch.sin(frac * theta) * b) / torch.sin(theta)  # same shape as a
+
 
 # %% ../nbs/08_sampling.ipynb #626e0932
 @torch.no_grad()

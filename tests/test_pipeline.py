@@ -69,6 +69,16 @@ def test_generate_several_images_seeds_each(tmp_path, capsys):
     assert [png_info(tmp_path / f"d-{i}.png")["seed"] for i in range(3)] == [5, 6, 7]
 
 
+@pytest.mark.parametrize("scheduler", ["pndm", "lms"])
+def test_generate_with_stable_diffusions_older_samplers(pipe, tmp_path, capsys, scheduler):
+    "PNDM (PLMS, SD 1.x's default) and LMS from the command line: the image equals generate's, and its recipe reproduces it."
+    code, _, _ = run(["generate", "a small blue diamond in the top right", "--steps", "8", "--scheduler", scheduler, "-o", str(tmp_path / "p.png")], capsys)
+    assert code == 0 and png_info(tmp_path / "p.png")["scheduler"] == scheduler
+    expected = generate(pipe, "a small blue diamond in the top right", steps=8, scheduler=scheduler)[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png")), np.asarray(expected))
+    assert np.array_equal(np.asarray(reproduce(tmp_path / "p.png")), np.asarray(expected))
+
+
 def test_console_script(tmp_path):
     result = subprocess.run(["sdcourse", "generate", "a green square in the center", "--steps", "4", "-o", "g.png"], cwd=tmp_path,
                             capture_output=True, text=True)

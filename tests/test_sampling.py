@@ -1,9 +1,9 @@
 import pytest, torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
 from sdcourse.exercises import check_ddim_step, check_guided_noise
-from sdcourse.sampling import (SCHEDULERS, SPACINGS, GuidanceWidget, ScratchScheduler, ddim_step, ddpm_step, draw_noise, generate,
-                               guided_noise, make_scheduler, measure_sampling, sampling_timesteps, seed_generators)
+from sdcourse.sampling import (SCHEDULERS, SPACINGS, GuidanceWidget, ScratchScheduler, ddim_step, ddpm_step, draw_noise, euler_step, generate,
+                               guided_noise, make_scheduler, measure_sampling, sampling_timesteps, seed_generators, sigma_at, slerp)
 from sdcourse.training import SCHEDULER_CONFIG, eval_prompts, load_pipeline
 
 PROMPTS = eval_prompts(4)
@@ -82,7 +82,61 @@ def test_generate_equals_the_pipeline(pipe, name):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("kind,eta,steps", [("ddim", 0.0, 10), ("ddim", 0.5, 10), ("ddpm", 0.0, 25)])
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_euler_equals_diffusers_over_whole_trajectories(spacing):
+    g = torch.Generator().manual_seed(2)
+    for steps in (1, 7, 20, 999 if spacing == "leading" else 1000):
+        theirs, ours = EulerDiscreteScheduler(**SCHEDULER_CONFIG, timestep_spacing=spacing), ScratchScheduler("euler", dict(timestep_spacing=spacing))
+        theirs.set_timesteps(steps); ours.set_timesteps(steps)
+        torch.testing.assert_close(ours.timesteps, theirs.timesteps, atol=0, rtol=0)
+        torch.testing.assert_close(ours.sigmas, theirs.sigmas, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(torch.as_tensor(ours.init_noise_sigma), torch.as_tensor(theirs.init_noise_sigma), atol=1e-5, rtol=0)
+        x = torch.randn(2, 4, 8, 8, generator=g) * theirs.init_noise_sigma
+        for t in theirs.timesteps:
+            eps = torch.randn(2, 4, 8, 8, generator=g)
+            torch.testing.assert_close(ours.scale_model_input(x, t), theirs.scale_model_input(x, t), atol=1e-6, rtol=0)
+            expected = theirs.step(eps, t, x).prev_sample
+            torch.testing.assert_close(ours.step(eps, t, x).prev_sample, expected, atol=1e-4, rtol=0)
+            x = expected
+
+
+def test_euler_is_ddim_in_sigma_space():
+    alpha_bar = DDPMScheduler(**SCHEDULER_CONFIG).alphas_cumprod
+    x_t, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for t, prev_t in ((999, 949), (700, 600), (50, 0)):
+        via_euler = euler_step(x_t / alpha_bar[t].sqrt(), eps, sigma_at(alpha_bar, t), sigma_at(alpha_bar, prev_t)) * alpha_bar[prev_t].sqrt()
+        torch.testing.assert_close(via_euler, ddim_step(x_t, eps, t, prev_t, alpha_bar), atol=1e-5, rtol=0)
+    # sigma_at interpolates between integer timesteps and equals the closed form on them
+    sigma = ((1 - alpha_bar) / alpha_bar).sqrt()
+    torch.testing.assert_close(sigma_at(alpha_bar, torch.tensor([0.0, 500.0, 999.0])), sigma[[0, 500, 999]])
+    torch.testing.assert_close(sigma_at(alpha_bar, 500.25), 0.75 * sigma[500] + 0.25 * sigma[501])
+
+
+def test_scratch_euler_add_noise_equals_diffusers():
+    theirs = EulerDiscreteScheduler(**SCHEDULER_CONFIG, timestep_spacing="leading"); theirs.set_timesteps(10)
+    ours = ScratchScheduler("euler"); ours.set_timesteps(10)
+    x0, noise, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), theirs.timesteps[[0, 4, 9]]
+    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t), atol=1e-5, rtol=0)
+
+
+def test_slerp_properties():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    torch.testing.assert_close(slerp(a, b, 0.0), a); torch.testing.assert_close(slerp(a, b, 1.0), b)
+    # along the arc the norm stays between the ends' (a great circle for equal norms); the straight line sags by about 1/sqrt(2)
+    for f in (0.25, 0.5, 0.75):
+        assert min(a.norm(), b.norm()) * 0.97 < slerp(a, b, f).norm() < max(a.norm(), b.norm()) * 1.03
+    assert torch.lerp(a, b, 0.5).norm() < 0.8 * a.norm()
+    # for equal norms it is the great circle: the norm is kept exactly and equal steps turn equal angles
+    b = b * a.norm() / b.norm()
+    cos = lambda u, v: (u * v).sum() / (u.norm() * v.norm())
+    torch.testing.assert_close(slerp(a, b, 0.3).norm(), a.norm())
+    torch.testing.assert_close(cos(a, slerp(a, b, 0.25)), cos(slerp(a, b, 0.25), slerp(a, b, 0.5)), atol=1e-5, rtol=0)
+    # (nearly) parallel inputs fall back to the straight line
+    torch.testing.assert_close(slerp(a, 2 * a, 0.5), 1.5 * a)
+
+
+@pytest.mark.parametrize("kind,eta,steps", [("ddim", 0.0, 10), ("ddim", 0.5, 10), ("ddpm", 0.0, 25), ("euler", 0.0, 10)])
 def test_scratch_scheduler_equals_diffusers_in_the_loop(pipe, kind, eta, steps):
     ours = generate(pipe, PROMPTS[:2], steps=steps, scheduler=ScratchScheduler(kind, pipe.scheduler.config, eta=eta), eta=eta, output_type="pt")
     theirs = generate(pipe, PROMPTS[:2], steps=steps, scheduler=make_scheduler(kind, pipe.scheduler.config), eta=eta, output_type="pt")
@@ -135,7 +189,7 @@ def test_generate_outputs(pipe):
     (dict(seed=-1), ValueError, "seed must be an int >= 0"),
     (dict(seed=2**64), ValueError, "seed must be an int >= 0"),
     (dict(seed=[torch.Generator()]), ValueError, "seed is a list of 1 generators for 2 prompts"),
-    (dict(scheduler="plms"), ValueError, r"scheduler='plms' is not accepted; choose one of \('ddpm', 'ddim', 'dpm\+\+', 'euler'\)"),
+    (dict(scheduler="plms"), ValueError, r"scheduler='plms' is not accepted; choose one of \('ddpm', 'ddim', 'dpm\+\+', 'euler', 'pndm', 'lms'\)"),
     (dict(output_type="np"), ValueError, "output_type='np' is not accepted"),
 ])
 def test_generate_bad_input(pipe, kwargs, error, match):
