@@ -8,7 +8,7 @@ Docs: https://sdcourse.github.io/sdcourse/exercises.html.md"""
 __all__ = ['NOT_ATTEMPTED', 'CAPTION_CASES', 'HUB_ID_CASES', 'CheckResult', 'check_parse_caption', 'check_q_sample',
            'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss', 'check_attention',
            'check_split_heads', 'check_timestep_embedding', 'check_training_loss', 'check_guided_noise',
-           'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id']
+           'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id', 'check_frechet_distance']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -351,3 +351,31 @@ def check_hub_id(is_hub_id):
              ("my model/x", "a hub id has no spaces"),
              ("sdcourse-tiny", "without a slash it is not a hub id ('sdcourse-tiny' is the shipped model's name)")]
     return CheckResult(name, False, next((h for case, h in hints if case in wrong), f"wrong for {wrong}"))
+
+# %% ../nbs/90_exercises.ipynb #d3d26177
+def check_frechet_distance(frechet_distance):
+    "Check the learner's `frechet_distance(mu1, sigma1, mu2, sigma2)` on two 4-dimensional Gaussians with full covariances."
+    from sdcourse.evaluation import frechet_distance as reference, sqrtm_psd
+    name, g = "frechet_distance", torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.randn(4, 4, generator=g, dtype=torch.float64)
+    sigma1, sigma2 = a @ a.T + torch.eye(4, dtype=torch.float64), b @ b.T + 0.5 * torch.eye(4, dtype=torch.float64)  # full, non-commuting covariances
+    mu1, mu2 = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    out, failed = _call(name, frechet_distance, (mu1, sigma1, mu2, sigma2), "frechet_distance(mu1, sigma1, mu2, sigma2) with means of shape [4] "
+                        "and covariances of shape [4, 4], all float64")
+    if failed is not None: return failed
+    try: out = float(out)
+    except (TypeError, ValueError): return CheckResult(name, False, f"it returned a {type(out).__name__}; return a number (a float or a 0-d tensor)")
+    expected = reference(mu1, sigma1, mu2, sigma2)
+    if math.isclose(out, expected, rel_tol=1e-6): return CheckResult(name, True, f"matches the reference ({expected:.4f})")
+    mean2, traces = (mu1 - mu2).square().sum().item(), (sigma1.trace() + sigma2.trace()).item()
+    cross = (expected - mean2 - traces) / -2  # Tr((sigma1 sigma2)^(1/2))
+    mistakes = [(mean2 ** 0.5 + traces - 2 * cross, "the mean term is the *squared* distance |mu1 - mu2|^2, not the distance"),
+                (mean2 + traces - cross, "the cross term is 2 Tr((sigma1 sigma2)^(1/2)): the factor 2 is missing"),
+                (mean2 + traces, "the cross term -2 Tr((sigma1 sigma2)^(1/2)) is missing: without it two equal Gaussians are not at distance 0"),
+                (mean2 + traces - 2 * (sigma1 @ sigma2).diagonal().sqrt().sum().item(),
+                 "that square root is elementwise; the cross term needs the matrix square root of sigma1 @ sigma2 (scipy.linalg.sqrtm, or an eigendecomposition)"),
+                (mean2 + traces - 2 * (sqrtm_psd(sigma1) @ sqrtm_psd(sigma2)).trace().item(),
+                 "sqrt(sigma1) @ sqrt(sigma2) is not (sigma1 @ sigma2)^(1/2) when the matrices do not commute; take the square root of the product")]
+    for wrong, hint in mistakes:
+        if math.isclose(out, wrong, rel_tol=1e-6): return CheckResult(name, False, hint)
+    return CheckResult(name, False, f"it returned {out:.6g}; the reference gives {expected:.6g}")

@@ -1,4 +1,4 @@
-"""Full fine-tuning changes every weight and ships a whole new model. LoRA freezes the model and learns a small low-rank update beside each attention projection. We build the layer from scratch, prove it equal to peft's, teach sdcourse-tiny a shape it has never seen from 20 images, compare with full fine-tuning, and use diffusers to save, load, combine, fuse and unload LoRAs.
+"""Full fine-tuning changes every weight and ships a whole new model. LoRA freezes the model and learns a small low-rank update beside each attention projection. We build the layer from scratch, prove it equal to peft's, teach sdcourse-tiny a shape it has never seen from 20 images, compare with full fine-tuning, test LoRA's low-rank hypothesis on the full fine-tune's weight changes, vary alpha, and use diffusers to save, load, combine, fuse and unload LoRAs.
 
 Docs: https://sdcourse.github.io/sdcourse/lora.html.md"""
 
@@ -7,8 +7,9 @@ Docs: https://sdcourse.github.io/sdcourse/lora.html.md"""
 # %% auto #0
 __all__ = ['TARGETS', 'LORA_FILE', 'LoRALinear', 'lora_parameters', 'lora_targets', 'inject_lora', 'lora_state_dict',
            'merge_lora', 'lora_config', 'add_lora', 'concept_cache', 'with_prior', 'finetune', 'adaptation_scores',
-           'lora_output', 'save_lora', 'lora_file', 'check_lora_fits', 'load_lora', 'set_lora_strengths',
-           'images_cache', 'negative_cache', 'background_flipped']
+           'weight_deltas', 'truncate_rank', 'low_rank_finetune', 'energy_in_top', 'lora_output', 'save_lora',
+           'lora_file', 'check_lora_fits', 'load_lora', 'set_lora_strengths', 'images_cache', 'negative_cache',
+           'background_flipped']
 
 # %% ../nbs/10_lora.ipynb #2282efe7
 import math, os, tempfile, time
@@ -126,6 +127,32 @@ def adaptation_scores(pipe, n=100, seed=0):
         prompts = eval_prompts(n, split)
         scores[split] = grader_accuracy(generate(pipe, prompts, seed=seed), prompts)
     return scores
+
+# %% ../nbs/10_lora.ipynb #b5413b2d
+def weight_deltas(base, tuned):
+    "What a fine-tune changed in every weight matrix of `base`, as a matrix [out, in] (convolutions flattened to [out, in * kh * kw]), by name."
+    tuned_weights = dict(tuned.named_parameters())
+    return {name: (tuned_weights[name] - w).detach().flatten(1) for name, w in base.named_parameters() if w.ndim >= 2}
+
+def truncate_rank(delta, r):
+    "The best rank-`r` approximation of a matrix `delta` [d, k] (Eckart-Young): its SVD with all but the `r` largest singular values dropped."
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)  # [d, m], [m], [m, k] with m = min(d, k)
+    return (U[:, :r] * S[:r]) @ Vh[:r]  # [d, k]
+
+@torch.no_grad()
+def low_rank_finetune(base, tuned, r):
+    "A copy of the fine-tuned UNet `tuned` whose every weight matrix is `base`'s plus the rank-`r` truncation of what the fine-tune changed."
+    import copy
+    check_int("r", r, 1)
+    out, deltas, base_weights = copy.deepcopy(tuned), weight_deltas(base, tuned), dict(base.named_parameters())
+    for name, w in out.named_parameters():
+        if name in deltas: w.copy_((base_weights[name].flatten(1) + truncate_rank(deltas[name], r)).view_as(w))
+    return out
+
+def energy_in_top(singular_values, r):
+    "Share of a matrix's squared Frobenius norm that its `r` largest singular values carry (1.0: the matrix has rank <= r)."
+    s2 = torch.as_tensor(singular_values, dtype=torch.float64) ** 2
+    return (s2[:r].sum() / s2.sum()).item()
 
 # %% ../nbs/10_lora.ipynb #b3877075
 LORA_FILE = "pytorch_lora_weights.safetensors"

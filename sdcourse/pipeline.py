@@ -6,12 +6,13 @@ Docs: https://sdcourse.github.io/sdcourse/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'REAL_SD', 'HUB_ID', 'MAX_SIDE', 'MAX_PIXELS', 'SD15_UNET_CONFIG', 'SD15_VAE_CONFIG',
-           'SD15_TEXT_CONFIG', 'MAX_SEED', 'MAX_ADAPT_IMAGES', 'DEBUG_VARIABLE', 'EPILOG', 'check_pipeline',
-           'hub_reachable', 'load_sd', 'unet_parity', 'check_output', 'save_png', 'png_info', 'open_image', 'reproduce',
-           'cli_parser', 'main']
+           'SD15_TEXT_CONFIG', 'MAX_SEED', 'MAX_ADAPT_IMAGES', 'DEBUG_VARIABLE', 'EPILOG', 'COMMANDS_GROUP',
+           'check_pipeline', 'hub_reachable', 'load_sd', 'unet_parity', 'check_output', 'save_png', 'png_info',
+           'open_image', 'reproduce', 'cli_parser', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #7a2748bf
 import argparse, json, math, os, re, socket, sys, time, warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -347,6 +348,8 @@ EPILOG = (f"Exit codes: 0 done, 1 a value, file or model the course refuses (one
           f"130 interrupted (Ctrl-C). Nothing a command did not write itself is ever replaced or deleted; replacing its own earlier "
           f"output takes --overwrite. A programming error in sdcourse prints its traceback; {DEBUG_VARIABLE}=1 shows one for every error.")
 
+COMMANDS_GROUP = "sdcourse.commands"  # pyproject.toml's [project.entry-points."sdcourse.commands"]: name = "module:function(add, parents)"
+
 def cli_parser():
     "The `sdcourse` command: one subcommand per lecture's companion script, each with its handler (`func`)."
     fmt = _Help
@@ -414,6 +417,8 @@ def cli_parser():
     p = add("grade", "check images against their captions with the course grader (lecture 1)", [], _run_grade)
     p.add_argument("images", nargs="+", help="PNG files")
     p.add_argument("--caption", default=None, help="the caption to grade against (default: the prompt recorded in each PNG)")
+    for entry in entry_points(group=COMMANDS_GROUP):  # later lectures plug in their subcommands (lecture 12: evaluate) without this one importing them
+        entry.load()(add, dict(model=model, device=device, seed=seed, overwrite=overwrite))
     return parser
 
 def _user_errors():

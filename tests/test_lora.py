@@ -242,3 +242,25 @@ def test_check_lora_layer_passes_the_reference_and_our_layer():
 def test_check_lora_layer_catches_mistakes(wrong, says):
     result = check_lora_layer(wrong)
     assert not result and says in result.message, result
+
+
+def test_low_rank_truncation_of_a_finetune(pipe):
+    from sdcourse.lora import energy_in_top, low_rank_finetune, truncate_rank, weight_deltas
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(40, 3, generator=g) @ torch.randn(3, 24, generator=g)  # rank 3
+    torch.testing.assert_close(truncate_rank(m, 3), m, atol=1e-4, rtol=0)
+    assert (truncate_rank(m, 2) - m).norm() > 0.1 * m.norm()  # rank 2 cannot hold it
+    # Eckart-Young: the truncation's error is exactly the energy of the dropped singular values
+    s = torch.linalg.svdvals(m)
+    torch.testing.assert_close((truncate_rank(m, 1) - m).norm() ** 2, s[1:].square().sum(), rtol=1e-4, atol=1e-4)
+    assert energy_in_top(s, 3) == pytest.approx(1.0) and 0 < energy_in_top(s, 1) < 1
+    tuned = copy.deepcopy(pipe.unet)
+    with torch.no_grad():
+        tuned.conv_in.weight.add_(torch.randn(tuned.conv_in.weight.shape, generator=g))  # a full-rank change of one conv
+        tuned.conv_out.bias.add_(1.0)  # biases are not matrices: kept as tuned
+    deltas = weight_deltas(pipe.unet, tuned)
+    assert deltas["conv_in.weight"].shape == (tuned.conv_in.weight.shape[0], tuned.conv_in.weight[0].numel()) and deltas["conv_out.weight"].abs().max() == 0
+    cut = low_rank_finetune(pipe.unet, tuned, 1)
+    change = (cut.conv_in.weight - pipe.unet.conv_in.weight).flatten(1)
+    assert torch.linalg.matrix_rank(change) == 1 and torch.equal(cut.conv_out.bias, tuned.conv_out.bias)
+    with pytest.raises(ValueError, match="r must be an int"): low_rank_finetune(pipe.unet, tuned, 0)
