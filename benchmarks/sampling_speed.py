@@ -10,7 +10,8 @@ import torch
 
 from sdcourse.core import get_device
 from sdcourse.sampling import SCHEDULERS, generate, make_scheduler, seed_generators
-from sdcourse.training import eval_prompts, load_pipeline
+from sdcourse.data import eval_prompts
+from sdcourse.training import load_pipeline
 
 
 def paired_medians(ours, theirs, repeats, device):

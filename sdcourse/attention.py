@@ -17,8 +17,6 @@ from torch import nn
 
 from .core import pil_to_tensor, unit_to_signed
 from .data import ShapesDataset, estimate_alpha
-from .text import encode_prompts
-from .vae import encode_images
 
 # %% ../nbs/05_attention.ipynb #62bea551
 def attention(q, k, v):
@@ -83,6 +81,8 @@ class CrossAttentionProbe(nn.Module):
 @torch.no_grad()
 def make_probe_data(vae, tokenizer, text_encoder, n=1024, seed=0):
     "`n` pairs of course images side by side, their latents, a caption naming one object ('a red circle'), its encoding, and that object's mask at latent resolution."
+    from sdcourse.text import encode_prompts  # here, not at the top: importing attention (and the UNet) needs neither the VAE nor the text encoder
+    from sdcourse.vae import encode_images
     g = torch.Generator().manual_seed(seed)
     left, right = ShapesDataset(n, seed=2 * seed + 10), ShapesDataset(n, seed=2 * seed + 11)
     images, captions, masks = [], [], []

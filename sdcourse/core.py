@@ -7,7 +7,7 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 # %% auto #0
 __all__ = ['DEVICE_KINDS', 'MANIFEST', 'check_int', 'check_number', 'check_choice', 'available_devices', 'get_device',
            'seed_everything', 'make_generator', 'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit',
-           'show_images', 'rendering_page', 'progress', 'cache_dir', 'results_path', 'quiet_libraries',
+           'image_row', 'show_images', 'rendering_page', 'progress', 'cache_dir', 'results_path', 'quiet_libraries',
            'temporary_sibling', 'save_tensors', 'save_weights', 'read_safetensors', 'load_weights', 'write_manifest',
            'foreign_files', 'manifest_kind', 'check_output_folder', 'replace_folder', 'save_pretrained_atomic',
            'shipped_path']
@@ -105,6 +105,13 @@ def signed_to_unit(x):
     return ((x + 1) / 2).clamp(0, 1)
 
 # %% ../nbs/00_core.ipynb #cc77bf83
+def image_row(images, scale=2, gap=4):
+    "PIL images side by side, enlarged `scale` times with crisp pixels, on a white strip (one PIL image; `show_images` draws a captioned figure)."
+    w, h = images[0].size
+    row = Image.new("RGB", (len(images) * (w * scale + gap) - gap, h * scale), "white")
+    for i, im in enumerate(images): row.paste(im.resize((w * scale, h * scale), Image.NEAREST), (i * (w * scale + gap), 0))
+    return row
+
 def show_images(images, captions=None, ncols=8, size=1.5, signed=False, title=None):
     "Show `images` (PIL list or `[B, 3, H, W]` tensor) in a grid with optional `captions`; returns the figure."
     import matplotlib.pyplot as plt, textwrap

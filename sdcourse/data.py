@@ -9,7 +9,7 @@ __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS'
            'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'FILLER_WORDS', 'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes',
            'shape_mask', 'render', 'make_caption', 'sample_attributes', 'make_example', 'ShapesDataset',
            'parse_caption', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy',
-           'export_imagefolder', 'load_imagefolder', 'course_dataset']
+           'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
 import csv, json, re
@@ -44,7 +44,7 @@ class Attributes:
     background: str
 
 # %% ../nbs/01_data.ipynb #9ab4ad32
-def _check_size(size):
+def _check_image_size(size):
     size = check_int("size", size, 32, 512)
     if size % 8: raise ValueError(f"size must be a multiple of 8 (the VAE downsamples by 8), got {size}")
     return size
@@ -77,7 +77,7 @@ def shape_mask(shape, cx, cy, d, size):
 # %% ../nbs/01_data.ipynb #e8fcf18e
 def render(attrs, size=64, rng=None):
     "Draw `attrs` as a `size` x `size` RGB image; `rng` (a NumPy Generator) adds jitter to place, size and colour."
-    size = _check_size(size)
+    size = _check_image_size(size)
     rng = rng if rng is not None else np.random.default_rng(0)
     lo, hi = SIZES[attrs.size]
     d = rng.uniform(lo, hi) * size
@@ -132,7 +132,7 @@ class ShapesDataset:
     "`n` captioned course images of `split` for `seed`, made on demand: item i is `{'image', 'text', **attributes}`."
     def __init__(self, n, split="train", seed=0, size=64):
         self.n, self.seed = check_int("n", n, 1), check_int("seed", seed, 0)
-        self.split, self.size = check_choice("split", split, SPLITS), _check_size(size)
+        self.split, self.size = check_choice("split", split, SPLITS), _check_image_size(size)
     def __len__(self): return self.n
     def __getitem__(self, i):
         if not -self.n <= i < self.n: raise IndexError(f"index {i} out of range for {self.n} examples")
@@ -252,6 +252,10 @@ def grader_accuracy(images, captions):
         for k, v in g.items(): right[k] += v; total[k] += 1
         all_right += all(g.values())
     return {**{k: right[k] / total[k] for k in total}, "all": all_right / len(captions)}
+
+def eval_prompts(n=200, split="train", seed=1):
+    "`n` captions of `split` that no model trains on (seed 1): the course's adherence test set."
+    return [make_example(i, split, seed)[1] for i in range(check_int("n", n, 1))]
 
 # %% ../nbs/01_data.ipynb #3be61205
 SPEC_FILE = "sdcourse_dataset.json"

@@ -10,10 +10,9 @@ __all__ = ['IMAGE_SIZE', 'check_images', 'check_captions', 'real_images', 'image
            'entropy_bits', 'evaluate_images', 'read_images_with_captions', 'add_evaluate_command']
 
 # %% ../nbs/12_evaluation.ipynb #81734498
-import csv, math
+import csv
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -84,7 +83,7 @@ def sqrtm_psd(matrix):
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """The Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
+    """The squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
     |mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)). The trace of the cross term is computed as
     Tr((sigma1^(1/2) sigma2 sigma1^(1/2))^(1/2)), the same number, from a symmetric matrix whose square root is stable."""
     root1 = sqrtm_psd(sigma1)

@@ -8,8 +8,7 @@ Docs: https://sdcourse.github.io/sdcourse/lora.html.md"""
 __all__ = ['TARGETS', 'LORA_FILE', 'LoRALinear', 'lora_parameters', 'lora_targets', 'inject_lora', 'lora_state_dict',
            'merge_lora', 'lora_config', 'add_lora', 'concept_cache', 'with_prior', 'finetune', 'adaptation_scores',
            'weight_deltas', 'truncate_rank', 'low_rank_finetune', 'energy_in_top', 'lora_output', 'save_lora',
-           'lora_file', 'check_lora_fits', 'load_lora', 'set_lora_strengths', 'images_cache', 'negative_cache',
-           'background_flipped']
+           'lora_file', 'check_lora_fits', 'load_lora', 'set_lora_strengths', 'negative_cache', 'background_flipped']
 
 # %% ../nbs/10_lora.ipynb #2282efe7
 import math, os, tempfile, time
@@ -20,11 +19,10 @@ import torch
 from torch import nn
 
 from .core import check_int, read_safetensors
-from .data import course_dataset, grade, grader_accuracy
+from .data import course_dataset, eval_prompts, grade, grader_accuracy
 from .sampling import generate
-from .text import encode_prompts
-from .training import cache_training_data, eval_prompts, train_unet
-from .vae import dataset_images, posterior
+from .training import cache_training_data, images_cache, train_unet
+from .vae import dataset_images
 
 # %% ../nbs/10_lora.ipynb #d4c2a960
 class LoRALinear(nn.Module):
@@ -234,13 +232,6 @@ def set_lora_strengths(pipe, strengths):
     return pipe
 
 # %% ../nbs/10_lora.ipynb #435b238b
-@torch.no_grad()
-def images_cache(vae, text_encoder, tokenizer, images, captions):
-    "A training cache, as `cache_training_data` makes, for any `images` in [-1, 1] and their `captions`."
-    mu, logvar = posterior(vae, images.to(vae.device))
-    return dict(mu=mu.cpu(), logvar=logvar.cpu(), embeddings=encode_prompts(text_encoder, tokenizer, list(captions)).cpu(),
-                empty=encode_prompts(text_encoder, tokenizer, [""])[0].cpu(), captions=list(captions), scaling_factor=vae.config.scaling_factor)
-
 def negative_cache(vae, text_encoder, tokenizer, n_images=200, seed=7):
     "A style to learn: base images with their colours inverted, like a photographic negative, under their usual captions."
     return images_cache(vae, text_encoder, tokenizer, -dataset_images(n_images, "train", seed), course_dataset(n_images, "train", seed)["text"])

@@ -24,10 +24,10 @@ from .core import (check_output_folder, get_device, pil_to_tensor, quiet_librari
                    temporary_sibling, unit_to_signed)
 from .data import SPLITS, export_imagefolder, grade, load_imagefolder
 from .img2img import img2img, inpaint
-from .lora import LORA_FILE, add_lora, concept_cache, finetune, images_cache, load_lora, save_lora, set_lora_strengths
+from .lora import LORA_FILE, add_lora, concept_cache, finetune, load_lora, save_lora, set_lora_strengths
 from .sampling import SCHEDULERS, generate, to_images
 from .text import train_course_text_encoder
-from .training import train_course_unet
+from .training import images_cache, train_course_unet
 from .vae import train_course_vae
 
 # %% ../nbs/11_pipeline.ipynb #88817f18

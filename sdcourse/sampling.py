@@ -8,7 +8,7 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 __all__ = ['SPACINGS', 'SCHEDULERS', 'sampling_timesteps', 'alpha_bar_at', 'predict_x0', 'ddpm_step', 'ddim_step', 'guided_noise',
            'draw_noise', 'seed_generators', 'sigma_at', 'euler_step', 'ScratchScheduler', 'make_scheduler',
            'check_generation', 'both_branches', 'text_context', 'denoise', 'to_images', 'generate', 'slerp',
-           'measure_sampling', 'image_row', 'GuidanceWidget']
+           'measure_sampling', 'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time
@@ -16,13 +16,11 @@ from numbers import Real
 from types import SimpleNamespace
 
 import torch
-from PIL import Image
 
-from .core import check_choice, check_int, progress, rendering_page, tensor_to_pil
-from .data import grader_accuracy
-from .schedules import linear_betas, scaled_linear_betas
+from .core import check_choice, check_int, image_row, progress, rendering_page, tensor_to_pil
+from .data import eval_prompts, grader_accuracy
+from .schedules import SCHEDULER_CONFIG, linear_betas, scaled_linear_betas
 from .text import encode_prompts
-from .training import SCHEDULER_CONFIG, eval_prompts
 
 # %% ../nbs/08_sampling.ipynb #5f04cce8
 SPACINGS = ("leading", "trailing", "linspace")
@@ -191,7 +189,7 @@ def _check_prompts(prompt, negative_prompt):
         raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; give one per prompt, a single str, or None")
     return list(prompts), list(negatives)
 
-def _check_size(name, value, factor):
+def _check_side(name, value, factor):
     if isinstance(value, bool) or not isinstance(value, int) or value < factor or value % factor:
         raise ValueError(f"{name} must be a positive multiple of {factor} (the VAE's downsampling factor), got {value!r}")
     return value
@@ -248,8 +246,8 @@ def generate(pipe, prompt, negative_prompt=None, steps=20, guidance_scale=5.0, s
     prompts, negatives, scheduler, steps = check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler)
     check_choice("output_type", output_type, ("pil", "pt", "latent"))
     unet, factor = pipe.unet, 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    height = _check_size("height", unet.config.sample_size * factor if height is None else height, factor)
-    width = _check_size("width", unet.config.sample_size * factor if width is None else width, factor)
+    height = _check_side("height", unet.config.sample_size * factor if height is None else height, factor)
+    width = _check_side("width", unet.config.sample_size * factor if width is None else width, factor)
     generator = seed_generators(seed, len(prompts))
     # 1. text: the prompts, and the "unconditional" branch (the negative prompts; "" when none)
     context = text_context(pipe, prompts, negatives, guidance_scale)
@@ -287,13 +285,6 @@ def measure_sampling(pipe, scheduler="dpm++", steps=20, guidance_scale=5.0, n=20
                 **grader_accuracy(images, prompts))
 
 # %% ../nbs/08_sampling.ipynb #9c25588d
-def image_row(images, scale=2, gap=4):
-    "PIL images side by side, enlarged `scale` times with crisp pixels, on a white strip."
-    w, h = images[0].size
-    row = Image.new("RGB", (len(images) * (w * scale + gap) - gap, h * scale), "white")
-    for i, im in enumerate(images): row.paste(im.resize((w * scale, h * scale), Image.NEAREST), (i * (w * scale + gap), 0))
-    return row
-
 class GuidanceWidget:
     "Prompt, negative prompt, guidance scale, steps, seed and scheduler: any change regenerates a grid of `n_images` seeds."
     def __init__(self, pipe, prompt="a large red triangle at the bottom right", negative_prompt="", guidance_scale=5.0, steps=20, seed=0,

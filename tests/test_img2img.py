@@ -9,7 +9,8 @@ from sdcourse.exercises import check_img2img_timesteps
 from sdcourse.img2img import (check_strength, encode_source, img2img, img2img_timesteps, inpaint, latent_mask, masks, source_images,
                               start_index)
 from sdcourse.sampling import SCHEDULERS, make_scheduler, seed_generators, to_images
-from sdcourse.training import eval_prompts, load_pipeline
+from sdcourse.data import eval_prompts
+from sdcourse.training import load_pipeline
 
 IMAGES = [make_example(i, "train", seed=4)[0] for i in range(2)]
 PROMPTS = eval_prompts(2)

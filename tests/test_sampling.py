@@ -4,7 +4,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 from sdcourse.exercises import check_ddim_step, check_guided_noise
 from sdcourse.sampling import (SCHEDULERS, SPACINGS, GuidanceWidget, ScratchScheduler, ddim_step, ddpm_step, draw_noise, euler_step, generate,
                                guided_noise, make_scheduler, measure_sampling, sampling_timesteps, seed_generators, sigma_at, slerp)
-from sdcourse.training import SCHEDULER_CONFIG, eval_prompts, load_pipeline
+from sdcourse.data import eval_prompts
+from sdcourse.schedules import SCHEDULER_CONFIG
+from sdcourse.training import load_pipeline
 
 PROMPTS = eval_prompts(4)
 

@@ -6,7 +6,7 @@ from diffusers import DDPMScheduler
 
 from sdcourse.core import make_generator, pil_to_tensor, unit_to_signed
 from sdcourse.data import make_example
-from sdcourse.schedules import (DIFFUSERS_NAMES, SCHEDULES, NoiseSchedule, ScheduleWidget, ks_normal, make_betas,
+from sdcourse.schedules import (DIFFUSERS_NAMES, BETA_SCHEDULES, NoiseSchedule, ScheduleWidget, ks_normal, make_betas,
                                 schedule_figure)
 
 matplotlib.use("Agg")
@@ -32,7 +32,7 @@ def test_worked_example_rounded_by_hand():
     assert out == [0.601, 0.671, 0.123, 0.664]
 
 
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("name", BETA_SCHEDULES)
 def test_parity_with_diffusers(name):
     s = NoiseSchedule.named(name, device="cpu")
     kw = dict(beta_start=0.00085, beta_end=0.012) if name == "scaled_linear" else {}
@@ -45,7 +45,7 @@ def test_parity_with_diffusers(name):
     assert torch.allclose(s.q_sample(x0, t, noise), ref.add_noise(x0, noise, t), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("name", BETA_SCHEDULES)
 def test_variance_preserved_at_every_t(name):
     s, g = NoiseSchedule.named(name, device="cpu"), make_generator(1)
     x0 = torch.randn(100_000, generator=g)
@@ -54,7 +54,7 @@ def test_variance_preserved_at_every_t(name):
         assert abs(s.forward_step(x0, t, torch.randn(x0.shape, generator=g)).var().item() - 1) < 0.02
 
 
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("name", BETA_SCHEDULES)
 def test_steps_and_closed_form_agree_in_distribution(name):
     s, g = NoiseSchedule.named(name, device="cpu"), make_generator(2)
     steps = torch.full((50_000,), 0.8)
@@ -66,7 +66,7 @@ def test_steps_and_closed_form_agree_in_distribution(name):
     assert ks_normal((steps - mu) / sd) < 0.01 and ks_normal((closed - mu) / sd) < 0.01
 
 
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("name", BETA_SCHEDULES)
 def test_x_T_is_standard_normal(name):
     s, g = NoiseSchedule.named(name, device="cpu"), make_generator(3)
     data = unit_to_signed(pil_to_tensor([make_example(i)[0] for i in range(64)]))

@@ -5,10 +5,11 @@ import safetensors.torch
 
 from sdcourse.core import shipped_path
 from sdcourse.text import encode_prompts, load_text_encoder
-from sdcourse.training import (adherence, cache_training_data, eval_prompts, generate_images, load_checkpoint, load_pipeline,
+from sdcourse.data import course_dataset, eval_prompts
+from sdcourse.training import (adherence, cache_training_data, generate_images, images_cache, load_checkpoint, load_pipeline,
                                save_checkpoint, train_course_unet, train_unet, training_batch)
 from sdcourse.unet import make_unet
-from sdcourse.vae import load_vae
+from sdcourse.vae import dataset_images, load_vae
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,17 @@ def parts():
 def cache(parts):
     vae, tokenizer, text_encoder = parts
     return cache_training_data(vae, text_encoder, tokenizer, n_images=128)
+
+
+def test_images_cache_is_the_training_cache_of_any_images(parts, cache):
+    vae, tokenizer, text_encoder = parts
+    images, captions = dataset_images(128), list(course_dataset(128)["text"])
+    mine = images_cache(vae, text_encoder, tokenizer, images, captions, batch_size=50)  # batches of 50: the same numbers as one pass
+    assert mine["captions"] == cache["captions"] == captions and mine["scaling_factor"] == cache["scaling_factor"]
+    for key in ("mu", "logvar", "embeddings", "empty"): torch.testing.assert_close(mine[key], cache[key], atol=1e-5, rtol=0)
+    assert mine["mu"].shape == (128, 4, 8, 8) and mine["embeddings"].shape[:2] == (128, 77)
+    # other images give another cache: negated images (lecture 10's "negative" style) move the posterior
+    assert (images_cache(vae, text_encoder, tokenizer, -images[:8], captions[:8])["mu"] - cache["mu"][:8]).abs().max() > 0.1
 
 
 def fresh(seed=0):
