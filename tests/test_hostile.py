@@ -129,7 +129,8 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_temporary_files(home, capsys,
 def test_a_real_sigint_in_a_subprocess(tmp_path):
     "Ctrl-C as a terminal sends it: exit 130, one line, and the half-written export is gone."
     proc = subprocess.Popen([sys.executable, "-c", "from sdcourse.pipeline import main; raise SystemExit(main())", "dataset", "ds", "--n", "100000"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SDCOURSE_PROGRESS": "0"})
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SDCOURSE_PROGRESS": "0"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal, even when the tests run in a background job (which ignores Ctrl-C)
     deadline = time.time() + 120
     while not list(tmp_path.glob(".ds.tmp-*/00010.png")) and time.time() < deadline and proc.poll() is None: time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
