@@ -9,10 +9,10 @@ __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS'
            'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'FILLER_WORDS', 'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes',
            'shape_mask', 'render', 'make_caption', 'sample_attributes', 'make_example', 'ShapesDataset',
            'parse_caption', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy',
-           'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset']
+           'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
-import csv, json, re
+import csv, json, math, re
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -252,6 +252,13 @@ def grader_accuracy(images, captions):
         for k, v in g.items(): right[k] += v; total[k] += 1
         all_right += all(g.values())
     return {**{k: right[k] / total[k] for k in total}, "all": all_right / len(captions)}
+
+def entropy_bits(values):
+    "Entropy of the values' distribution in bits (e.g. of an attribute the grader reads): 0 when all are the same, 1 for an even split of two."
+    values = list(values)
+    if not values: raise ValueError("values is empty; give at least one value")
+    shares = [values.count(v) / len(values) for v in set(values)]
+    return max(0.0, -sum(p * math.log2(p) for p in shares))
 
 def eval_prompts(n=200, split="train", seed=1):
     "`n` captions of `split` that no model trains on (seed 1): the course's adherence test set."

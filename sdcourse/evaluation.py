@@ -7,7 +7,7 @@ Docs: https://sdcourse.github.io/sdcourse/evaluation.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_SIZE', 'check_images', 'check_captions', 'real_images', 'image_features', 'clip_score', 'gaussian_stats',
            'sqrtm_psd', 'frechet_distance', 'fid', 'polynomial_kernel', 'mmd2_unbiased', 'kid', 'diversity',
-           'entropy_bits', 'evaluate_images', 'read_images_with_captions', 'add_evaluate_command']
+           'evaluate_images', 'read_images_with_captions', 'add_evaluate_command']
 
 # %% ../nbs/12_evaluation.ipynb #81734498
 import csv
@@ -20,7 +20,7 @@ from PIL import Image
 from .core import check_int, pil_to_tensor, progress, unit_to_signed
 from .data import grader_accuracy, make_example
 from .pipeline import open_image, png_info
-from .text import clip_pixels, load_mini_clip, tokenize
+from .text import clip_embeddings, clip_pixels, load_mini_clip
 
 # %% ../nbs/12_evaluation.ipynb #a5d36125
 IMAGE_SIZE = 64  # the course dataset's images, and what the metrics below compare
@@ -51,7 +51,7 @@ def real_images(n, split="train", seed=2):
 # %% ../nbs/12_evaluation.ipynb #18f24094
 @torch.no_grad()
 def image_features(images, clip=None, batch_size=500):
-    "What FID and KID compare: mini-CLIP's image tower, pooled (the class token after the last layer), [N, 64]; the counterpart of Inception's pool3."
+    "What FID and KID compare: mini-CLIP's image tower, pooled (the class token after the last layer and its LayerNorm), [N, 64]; Inception's pool3 here."
     clip = load_mini_clip()[0] if clip is None else clip
     x = unit_to_signed(pil_to_tensor(check_images(images, min_count=1)))  # [N, 3, 64, 64] in [-1, 1]
     return torch.cat([clip.vision_model(pixel_values=clip_pixels(clip, x[i:i + batch_size]).to(clip.device)).pooler_output.cpu()
@@ -60,15 +60,12 @@ def image_features(images, clip=None, batch_size=500):
 # %% ../nbs/12_evaluation.ipynb #85f40269
 @torch.no_grad()
 def clip_score(images, captions, clip=None, tokenizer=None):
-    "CLIP score as diffusers and torchmetrics define it: 100 x max(cos(image, caption), 0), averaged over the pairs (0 to 100)."
+    "CLIP score, Hessel et al.'s CLIPScore with the weight 100: 100 x max(cos(image, caption), 0) for each pair, averaged (0 to 100)."
     if clip is None: clip, tokenizer = load_mini_clip()
     images = check_images(images, min_count=1)
     captions = check_captions(captions, len(images))
-    x = unit_to_signed(pil_to_tensor(images))  # [N, 3, 64, 64]
-    embed = lambda o: o if isinstance(o, torch.Tensor) else o.pooler_output  # transformers 5 wraps the projected features
-    image_embeds = F.normalize(embed(clip.get_image_features(pixel_values=clip_pixels(clip, x).to(clip.device))), dim=-1)  # [N, 64]
-    text_embeds = F.normalize(embed(clip.get_text_features(input_ids=tokenize(tokenizer, captions).to(clip.device))), dim=-1)  # [N, 64]
-    return (100 * (image_embeds * text_embeds).sum(-1).clamp(min=0)).mean().item()
+    emb = clip_embeddings(clip, tokenizer, unit_to_signed(pil_to_tensor(images)), captions)  # lecture 4's unit-length embeddings, [N, 64] each
+    return (100 * (emb["images"] * emb["prompts"]).sum(-1).clamp(min=0)).mean().item()
 
 # %% ../nbs/12_evaluation.ipynb #7184b42a
 def gaussian_stats(features):
@@ -122,12 +119,7 @@ def diversity(features):
     cos = f @ f.T  # [N, N]
     return (1 - (cos.sum() - cos.diagonal().sum()) / (n * (n - 1))).item()
 
-def entropy_bits(values):
-    "Entropy of the values' distribution in bits: 0 when all are the same, 1 for an even split of two, log2(k) for k equally common."
-    values = list(values)
-    if not values: raise ValueError("values is empty; give at least one value")
-    counts = torch.tensor([values.count(v) for v in set(values)], dtype=torch.float64) / len(values)
-    return max(0.0, -(counts * counts.log2()).sum().item())
+
 
 # %% ../nbs/12_evaluation.ipynb #727bf217
 def evaluate_images(images, captions, reference=None, clip=None, tokenizer=None, reference_n=1000):

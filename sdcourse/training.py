@@ -29,6 +29,7 @@ from .vae import dataset_images, decode_latents, load_vae, posterior, reparamete
 def images_cache(vae, text_encoder, tokenizer, images, captions, batch_size=250):
     "Run the frozen parts of Algorithm 1 once for `images` [N, 3, H, W] in [-1, 1] and their `captions`: the VAE posterior (mu, logvar), the text embeddings."
     captions = list(captions)
+    if len(captions) != len(images): raise ValueError(f"captions has {len(captions)} entries for {len(images)} images; give one caption per image")
     mu, logvar, embeddings = [], [], []
     for i in progress(range(0, len(images), batch_size), desc="encoding images and captions"):
         m, lv = posterior(vae, images[i:i + batch_size].to(vae.device))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest, scipy.linalg, torch
 from PIL import Image
 
-from sdcourse.evaluation import (check_images, clip_score, diversity, entropy_bits, evaluate_images, fid, frechet_distance, gaussian_stats, image_features,
+from sdcourse.data import entropy_bits
+from sdcourse.evaluation import (check_images, clip_score, diversity, evaluate_images, fid, frechet_distance, gaussian_stats, image_features,
                                  kid, mmd2_unbiased, read_images_with_captions, real_images, sqrtm_psd)
 from sdcourse.exercises import check_frechet_distance
 from sdcourse.pipeline import main, save_png
@@ -67,12 +68,22 @@ def test_clip_score_matching_vs_shuffled(real, clip):
     images, captions = real
     matching, shuffled = clip_score(images[:200], captions[:200], *clip), clip_score(images[:200], captions[200:400], *clip)
     assert 0 <= shuffled < matching <= 100 and matching - shuffled > 30
+    # the formula, computed straight from transformers' CLIPModel: clamped per pair, then averaged
+    model, tokenizer = clip
+    feats = lambda o: o if isinstance(o, torch.Tensor) else o.pooler_output
+    x = torch.nn.functional.interpolate(torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for im in images[:20]]), size=32, mode="area")
+    ids = tokenizer(captions[200:220], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(feats(model.get_image_features(pixel_values=x)), feats(model.get_text_features(input_ids=ids)))
+    assert clip_score(images[:20], captions[200:220], *clip) == pytest.approx((100 * cos.clamp(min=0)).mean().item(), abs=1e-3)
 
 
 def test_diversity_and_entropy(features):
     assert diversity(features[:1].repeat(10, 1)) == pytest.approx(0, abs=1e-9)
     assert diversity(features[:100]) > 0.5
     assert entropy_bits(["a"] * 8) == 0 and entropy_bits(["a", "b"] * 4) == pytest.approx(1) and entropy_bits("abcd") == pytest.approx(2)
+    assert entropy_bits(["a"] * 3 + ["b"]) == pytest.approx(0.8113, abs=1e-4)
+    with pytest.raises(ValueError, match="values is empty"): entropy_bits([])
 
 
 def test_evaluate_images_ranks_real_above_noise(real, clip):

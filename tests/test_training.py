@@ -32,6 +32,7 @@ def test_images_cache_is_the_training_cache_of_any_images(parts, cache):
     assert mine["mu"].shape == (128, 4, 8, 8) and mine["embeddings"].shape[:2] == (128, 77)
     # other images give another cache: negated images (lecture 10's "negative" style) move the posterior
     assert (images_cache(vae, text_encoder, tokenizer, -images[:8], captions[:8])["mu"] - cache["mu"][:8]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="captions has 7 entries for 8 images"): images_cache(vae, text_encoder, tokenizer, images[:8], captions[:7])
 
 
 def fresh(seed=0):
