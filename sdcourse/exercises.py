@@ -8,7 +8,8 @@ Docs: https://sdcourse.github.io/sdcourse/exercises.html.md"""
 __all__ = ['NOT_ATTEMPTED', 'CAPTION_CASES', 'HUB_ID_CASES', 'CheckResult', 'check_parse_caption', 'check_q_sample',
            'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss', 'check_attention',
            'check_split_heads', 'check_timestep_embedding', 'check_training_loss', 'check_guided_noise',
-           'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id', 'check_frechet_distance']
+           'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id', 'check_frechet_distance',
+           'check_keep_rows']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -379,3 +380,29 @@ def check_frechet_distance(frechet_distance):
     for wrong, hint in mistakes:
         if math.isclose(out, wrong, rel_tol=1e-6): return CheckResult(name, False, hint)
     return CheckResult(name, False, f"it returned {out:.6g}; the reference gives {expected:.6g}")
+
+# %% ../nbs/90_exercises.ipynb #31206c64
+def check_keep_rows(keep_rows):
+    "Check the learner's `keep_rows(grad, rows)` on a 10 x 4 gradient with two rows to keep, and once as a real hook in a backward pass."
+    from sdcourse.personalisation import keep_rows as reference
+    name, g = "keep_rows", torch.Generator().manual_seed(0)
+    grad, rows = torch.randn(10, 4, generator=g), [3, 7]
+    original = grad.clone()
+    out, failed = _call(name, keep_rows, (grad, rows), "keep_rows(grad, rows) with grad of shape [10, 4] and rows = [3, 7]")
+    if failed is not None: return failed
+    if not torch.equal(grad, original): return CheckResult(name, False, "it changed grad in place; return a new tensor (a hook must not change its argument)")
+    if not isinstance(out, torch.Tensor) or out.shape != grad.shape:
+        return CheckResult(name, False, f"it returned {type(out).__name__} {list(getattr(out, 'shape', []))}; return a tensor of grad's shape [10, 4]")
+    expected = reference(grad, rows)
+    if torch.equal(out, expected):
+        table = torch.nn.Parameter(torch.ones(10, 4))
+        table.register_hook(lambda gr: keep_rows(gr, [5]))
+        (table * torch.arange(40.0).view(10, 4)).sum().backward()
+        if (table.grad.abs().sum(dim=1) != 0).nonzero().flatten().tolist() != [5]: return CheckResult(name, False, "as a hook in a backward pass, more than row 5 kept a gradient")
+        return CheckResult(name, True, "only the chosen rows keep their gradient, and grad itself is untouched")
+    mistakes = [(grad - expected, "the mask is inverted: the chosen rows were zeroed and every other row kept"),
+                (grad, "nothing was masked: every row that the captions use would learn"),
+                (reference(grad, rows[:1]), "only the first row was kept; keep every row in rows")]
+    for wrong, hint in mistakes:
+        if torch.equal(out, wrong): return CheckResult(name, False, hint)
+    return CheckResult(name, False, "the result is not grad with every other row set to zero")

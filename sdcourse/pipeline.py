@@ -6,9 +6,9 @@ Docs: https://sdcourse.github.io/sdcourse/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'REAL_SD', 'HUB_ID', 'MAX_SIDE', 'MAX_PIXELS', 'SD15_UNET_CONFIG', 'SD15_VAE_CONFIG',
-           'SD15_TEXT_CONFIG', 'MAX_SEED', 'MAX_ADAPT_IMAGES', 'DEBUG_VARIABLE', 'EPILOG', 'COMMANDS_GROUP',
-           'check_pipeline', 'hub_reachable', 'load_sd', 'unet_parity', 'check_output', 'save_png', 'png_info',
-           'open_image', 'reproduce', 'cli_parser', 'main']
+           'SD15_TEXT_CONFIG', 'OPTIONS_GROUP', 'MAX_SEED', 'MAX_ADAPT_IMAGES', 'DEBUG_VARIABLE', 'EPILOG',
+           'COMMANDS_GROUP', 'check_pipeline', 'hub_reachable', 'load_sd', 'unet_parity', 'check_output', 'save_png',
+           'png_info', 'open_image', 'reproduce', 'cli_parser', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #7a2748bf
 import argparse, json, math, os, re, socket, sys, time, warnings
@@ -186,12 +186,20 @@ def open_image(path, mode="RGB"):
     except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning, SyntaxError) as e:
         raise ValueError(f"cannot read {str(path)!r} as an image ({e})") from None
 
+OPTIONS_GROUP = "sdcourse.sampling_options"  # [project.entry-points."sdcourse.sampling_options"]: name = "module:function(parser)"
+
+def _option_plugins(parser):
+    """Later lectures' options for generate, img2img and inpaint (lecture 13: --embedding), added to `parser`. Each plugin returns
+    `apply(pipe, options)`: it changes the pipeline as `options` ask (the parsed arguments, or a PNG's recipe) and returns what the recipe records."""
+    return [entry.load()(parser) for entry in entry_points(group=OPTIONS_GROUP)]
+
 def reproduce(path, device=None):
     "Make again, from its own record, an image `sdcourse generate` saved: same model, prompt, seed, steps, guidance and scheduler."
     info = png_info(path)
     if info.get("command") != "generate": raise ValueError(f"{str(path)!r} holds no record of `sdcourse generate` (found {info or 'none'})")
     pipe = load_sd(info["model"], device)
     if info.get("lora"): set_lora_strengths(load_lora(pipe, info["lora"], "lora"), {"lora": info["lora_strength"]})
+    for apply in _option_plugins(argparse.ArgumentParser()): apply(pipe, info)  # what later lectures' options recorded (lecture 13: an embedding)
     return generate(pipe, info["prompt"], info["negative_prompt"] or None, info["steps"], info["guidance_scale"], info["seed"], info["scheduler"])[0]
 
 # %% ../nbs/11_pipeline.ipynb #bbac7e44
@@ -224,9 +232,12 @@ def _outputs(args, sources=()):
     return [check_output(name, args.overwrite, sources) for name in names]
 
 def _sampling_pipe(args):
+    "The pipeline the options ask for, and what the later lectures' options add to each PNG's recipe."
     pipe = load_sd(args.model, args.device)
     if args.lora: set_lora_strengths(load_lora(pipe, args.lora, "lora"), {"lora": args.lora_strength})
-    return pipe
+    recipe = {}
+    for apply in args.plugins: recipe |= apply(pipe, vars(args))
+    return pipe, recipe
 
 def _check_source(pipe, image, what):
     "An input image the model can take without running out of memory: at most 8x its native size a side."
@@ -257,14 +268,14 @@ def _run_sampling(args):
     if args.command == "inpaint":
         extra["mask"] = str(args.mask)
         mask = open_image(args.mask, "L")
-    pipe = _sampling_pipe(args)
+    pipe, recipe = _sampling_pipe(args)
     start = time.time()
     if args.command == "generate": latents = generate(pipe, prompts, show_progress=True, **common)
     elif args.command == "img2img": latents = img2img(pipe, _check_source(pipe, source, "image"), prompts, args.strength, **common)
     else: latents = inpaint(pipe, _check_source(pipe, source, "image"), mask, prompts, args.strength, **common)
     images = _finite_images(pipe, latents)
     for i, (image, out) in enumerate(zip(images, outputs)):
-        save_png(image, out, _info(args, args.model or DEFAULT_MODEL, **extra) | dict(seed=args.seed + i, image_index=i))
+        save_png(image, out, _info(args, args.model or DEFAULT_MODEL, **extra) | recipe | dict(seed=args.seed + i, image_index=i))
         print(out)
     print(f"{len(images)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)
 
@@ -374,6 +385,7 @@ def cli_parser():
     sampling.add_argument("-n", "--num-images", type=_bounded(int, 1, 100), default=1, help="how many images")
     sampling.add_argument("--lora", default=None, help="a LoRA file or folder to apply (e.g. one written by train-lora)")
     sampling.add_argument("--lora-strength", type=_bounded(float, -10, 10), default=1.0, help="the LoRA's strength")
+    sampling.set_defaults(plugins=_option_plugins(sampling))  # before the subcommands copy `sampling`
 
     def add(name, help, parents, func):
         p = sub.add_parser(name, help=help, description=help, parents=parents, formatter_class=fmt, epilog=EPILOG)

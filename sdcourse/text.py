@@ -204,7 +204,7 @@ def train_course_text_encoder(steps=1500, n_images=10_000, batch_size=128, lr=1e
     record = dict(command=f"python -c \"from sdcourse.text import train_course_text_encoder; train_course_text_encoder(steps={steps})\"",
                   steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_train_images=n_images, train_seconds=round(seconds),
                   device=str(get_device(device)), torch=torch.__version__, retrieval=evals,
-                  final_loss=sum(h["loss"] for h in history[-50:]) / 50, history=[{k: round(v, 5) for k, v in h.items()} for h in history[::10]])
+                  final_loss=sum(h["loss"] for h in history[-50:]) / len(history[-50:]), history=[{k: round(v, 5) for k, v in h.items()} for h in history[::10]])
     save_pretrained_atomic(clip, folders[2], overwrite, {"training.json": json.dumps(record, indent=1)})
     return clip, tokenizer, record
 

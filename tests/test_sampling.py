@@ -4,7 +4,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 from sdcourse.exercises import check_ddim_step, check_guided_noise
 from sdcourse.sampling import (SCHEDULERS, SPACINGS, GuidanceWidget, ScratchScheduler, ddim_step, ddpm_step, draw_noise, euler_step, generate,
                                guided_noise, make_scheduler, measure_sampling, sampling_timesteps, seed_generators, sigma_at, slerp)
-from sdcourse.data import eval_prompts
+from sdcourse.core import tensor_to_pil
+from sdcourse.data import eval_prompts, grader_accuracy
 from sdcourse.schedules import SCHEDULER_CONFIG
 from sdcourse.training import load_pipeline
 
@@ -217,10 +218,16 @@ def test_guidance_widget_updates_headless(pipe):
     assert "seeds 5 to 8, 6 ddim steps, guidance 12" in widget.info.value
 
 
-def test_measure_sampling(pipe):
+def test_measure_sampling_equals_generating_and_grading_by_hand(pipe):
     r = measure_sampling(pipe, "ddim", 5, 5.0, n=6, batch_size=4)
-    assert set(r) >= {"seconds_per_image", "latent_std", "clipped", "colour", "shape", "position", "all"}
-    assert 0 <= r["all"] <= 1 and 0 <= r["clipped"] <= 1 and 0.3 < r["latent_std"] < 3
+    prompts = eval_prompts(6, "train")
+    latents = torch.cat([generate(pipe, prompts[:4], None, 5, 5.0, 0, "ddim", output_type="latent"),
+                         generate(pipe, prompts[4:], None, 5, 5.0, 4, "ddim", output_type="latent")])  # its batches and seeds
+    with torch.no_grad(): decoded = torch.cat([pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample for z in latents.split(4)])
+    assert r["latent_std"] == pytest.approx(latents.std().item(), rel=1e-6)
+    assert r["clipped"] == pytest.approx((decoded.abs() > 1).float().mean().item(), abs=1e-6)
+    assert {k: r[k] for k in ("colour", "shape", "all")} == {k: v for k, v in grader_accuracy(tensor_to_pil((decoded / 2 + 0.5).clamp(0, 1)), prompts).items() if k in ("colour", "shape", "all")}
+    assert r["seconds_per_image"] > 0
 
 
 def test_exercise_checkers():

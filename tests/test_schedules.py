@@ -23,13 +23,18 @@ def test_worked_example_exact():
     assert abs(s.alpha_bar[-1].item() - 0.9 * 0.8 * 0.7 * 0.6) < 1e-6
 
 
-def test_worked_example_rounded_by_hand():
-    "Rounding square roots and results to 3 decimals, as on a whiteboard, gives the lecture's 0.601, 0.671, 0.123, 0.664."
-    x, out = 0.8, []
-    for beta, eps in zip([0.1, 0.2, 0.3, 0.4], [-0.5, 0.3, -0.8, 0.9]):
-        x = round(round(math.sqrt(1 - beta), 3) * x + round(math.sqrt(beta), 3) * eps, 3)
-        out.append(x)
-    assert out == [0.601, 0.671, 0.123, 0.664]
+def test_worked_example_rounded_by_hand_stays_within_rounding_of_the_library():
+    "The lecture's whiteboard numbers (square roots and results rounded to 3 decimals) are the library's exact steps, up to that rounding."
+    s, x, exact = NoiseSchedule([0.1, 0.2, 0.3, 0.4], device="cpu"), torch.tensor(0.8, dtype=torch.float64), []
+    for t, eps in enumerate([-0.5, 0.3, -0.8, 0.9]):
+        x = s.forward_step(x, t, torch.tensor(eps, dtype=torch.float64))
+        exact.append(x.item())
+    by_hand = [0.601, 0.671, 0.123, 0.664]
+    assert all(abs(a - b) < 2e-3 for a, b in zip(exact, by_hand)), exact
+    # and the four steps in one: q_sample at t = 3 with the noises combined as the closed form says
+    alpha = 1 - s.betas.double()
+    combined = sum(e * (alpha[i + 1:].prod() * s.betas[i].double()).sqrt() for i, e in enumerate([-0.5, 0.3, -0.8, 0.9])) / (1 - s.alpha_bar[3].double()).sqrt()
+    assert abs(s.q_sample(torch.tensor(0.8, dtype=torch.float64), 3, combined).item() - exact[-1]) < 1e-6
 
 
 @pytest.mark.parametrize("name", BETA_SCHEDULES)

@@ -75,9 +75,25 @@ def test_resume_continues_the_same_loss_curve(cache, tmp_path):
     assert ema.optimization_step == 6
 
 
-def test_gradient_accumulation_runs_and_records_each_update(cache):
-    history = train_unet(fresh(), cache, 3, batch_size=8, warmup=1, grad_accum=2)[1]
-    assert [h["step"] for h in history] == [1, 2, 3]
+def test_gradient_accumulation_updates_with_the_mean_gradient_of_its_micro_batches(cache, monkeypatch):
+    "grad_accum=2: one optimizer step per two micro-batches, with the gradient of their mean loss (what one double batch would give)."
+    import copy
+    from sdcourse.schedules import NoiseSchedule
+    from sdcourse.training import diffusion_loss
+    unet = fresh()
+    by_hand = copy.deepcopy(unet)
+    seen, real_step = [], torch.optim.AdamW.step
+    def spy(self, *args, **kwargs):
+        seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
+        return real_step(self, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    history = train_unet(unet, cache, 2, batch_size=4, warmup=1, grad_accum=2, ema_decay=0.0, max_grad_norm=1e9)[1]  # no clipping: a sum would show
+    assert [h["step"] for h in history] == [1, 2] and len(seen) == 2  # one update per two micro-batches
+    schedule = NoiseSchedule.named("scaled_linear", device="cpu")
+    by_hand.train()
+    losses = [diffusion_loss(by_hand, schedule, *training_batch(cache, micro, 4, 0, 0.1, schedule.T)) for micro in (0, 1)]  # step 0's two
+    ((losses[0] + losses[1]) / 2).backward()
+    for mine, theirs in zip(seen[0], by_hand.parameters()): torch.testing.assert_close(mine, theirs.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_a_killed_save_leaves_the_last_good_checkpoint(cache, tmp_path, monkeypatch):
