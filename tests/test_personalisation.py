@@ -166,6 +166,9 @@ def test_train_textual_inversion_then_generate_with_the_embedding(tmp_path, caps
     assert np.array_equal(np.asarray(reproduce(tmp_path / "s.png")), np.asarray(__import__("PIL.Image").Image.open(tmp_path / "s.png").convert("RGB")))
     pipe = load_pipeline(); load_embedding(pipe, out)
     assert np.array_equal(pixels(generate(pipe, ["a big red <star> in the center"], steps=4)), pixels([reproduce(tmp_path / "s.png")]))
+    make_example(0, "train", 4)[0].save(tmp_path / "source.png")
+    assert main(["img2img", str(tmp_path / "source.png"), "a big red <star>", "--embedding", str(out), "--steps", "4", "-o", str(tmp_path / "i.png")]) == 0
+    assert png_info(tmp_path / "i.png")["token"] == PLACEHOLDER  # the option reaches every sampling command
     assert main(["generate", "a big red circle", "--steps", "2", "-o", str(tmp_path / "plain.png")]) == 0
     assert "embedding" not in png_info(tmp_path / "plain.png")  # no option, no entry: older recipes stay as they were
 
