@@ -194,7 +194,7 @@ def _option_plugins(parser):
     return [entry.load()(parser) for entry in entry_points(group=OPTIONS_GROUP)]
 
 def reproduce(path, device=None):
-    "Make again, from its own record, an image `sdcourse generate` saved: same model, prompt, seed, steps, guidance and scheduler."
+    "Make again, from its own record, an image `sdcourse generate` saved: same model, prompt, seed, steps, guidance, scheduler, LoRA and embedding."
     info = png_info(path)
     if info.get("command") != "generate": raise ValueError(f"{str(path)!r} holds no record of `sdcourse generate` (found {info or 'none'})")
     pipe = load_sd(info["model"], device)
