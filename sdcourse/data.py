@@ -7,9 +7,10 @@ Docs: https://sdcourse.github.io/sdcourse/data.html.md"""
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS', 'HELDOUT_COMBOS', 'SPLITS', 'SUPERSAMPLE',
            'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'FILLER_WORDS', 'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes',
-           'shape_mask', 'render', 'make_caption', 'sample_attributes', 'make_example', 'ShapesDataset',
-           'parse_caption', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy',
-           'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset']
+           'shape_mask', 'render_with_mask', 'render', 'make_caption', 'sample_attributes', 'make_example',
+           'example_mask', 'ShapesDataset', 'parse_caption', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade',
+           'grader_accuracy', 'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder',
+           'course_dataset']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
 import csv, json, math, re
@@ -75,8 +76,8 @@ def shape_mask(shape, cx, cy, d, size):
     return np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32) / 255.0
 
 # %% ../nbs/01_data.ipynb #e8fcf18e
-def render(attrs, size=64, rng=None):
-    "Draw `attrs` as a `size` x `size` RGB image; `rng` (a NumPy Generator) adds jitter to place, size and colour."
+def render_with_mask(attrs, size=64, rng=None):
+    "Draw `attrs` as a `size` x `size` RGB image; `rng` (a NumPy Generator) adds jitter to place, size and colour. Returns the image and the shape's exact coverage [size, size] in [0, 1]."
     size = _check_image_size(size)
     rng = rng if rng is not None else np.random.default_rng(0)
     lo, hi = SIZES[attrs.size]
@@ -85,8 +86,12 @@ def render(attrs, size=64, rng=None):
     cx, cy = [np.clip((p + rng.uniform(-0.04, 0.04)) * size, d / 2 + 1, size - d / 2 - 1) for p in (px, py)]
     fg = np.clip(np.array(COLOURS[attrs.colour]) + rng.integers(-12, 13, 3), 0, 255)
     bg = np.clip(np.array(BACKGROUNDS[attrs.background]) + rng.integers(-6, 7, 3), 0, 255)
-    a = shape_mask(attrs.shape, cx, cy, d, size)[..., None]
-    return Image.fromarray(np.round(bg * (1 - a) + fg * a).astype(np.uint8), "RGB")
+    a = shape_mask(attrs.shape, cx, cy, d, size)
+    return Image.fromarray(np.round(bg * (1 - a[..., None]) + fg * a[..., None]).astype(np.uint8), "RGB"), a
+
+def render(attrs, size=64, rng=None):
+    "Draw `attrs` as a `size` x `size` RGB image; `rng` (a NumPy Generator) adds jitter to place, size and colour."
+    return render_with_mask(attrs, size, rng)[0]
 
 # %% ../nbs/01_data.ipynb #cb282fdf
 POSITION_PHRASES = {
@@ -120,12 +125,21 @@ def sample_attributes(rng, split="train"):
     pick = lambda d: list(d)[rng.integers(len(d))]
     return Attributes(colour, shape, pick(POSITIONS), pick(SIZES), pick(BACKGROUNDS))
 
+def _example_rng(index, split, seed):
+    "The random stream that makes example `index` of `split` for `seed`, on its own: any example is made without the ones before it."
+    index, seed = check_int("index", index, 0), check_int("seed", seed, 0)
+    return np.random.default_rng([seed, SPLITS.index(check_choice("split", split, SPLITS)), index])
+
 def make_example(index, split="train", seed=0, size=64):
     "The `index`-th example of `split` for `seed`: `(image, caption, attributes)`, the same bytes on every run."
-    index, seed = check_int("index", index, 0), check_int("seed", seed, 0)
-    rng = np.random.default_rng([seed, SPLITS.index(check_choice("split", split, SPLITS)), index])
+    rng = _example_rng(index, split, seed)
     attrs = sample_attributes(rng, split)
     return render(attrs, size, rng), make_caption(attrs, rng), attrs
+
+def example_mask(index, split="train", seed=0, size=64):
+    "The exact coverage [size, size] in [0, 1] of the shape in `make_example(index, split, seed, size)`'s image (lecture 14's control images)."
+    rng = _example_rng(index, split, seed)
+    return render_with_mask(sample_attributes(rng, split), size, rng)[1]
 
 # %% ../nbs/01_data.ipynb #1204685a
 class ShapesDataset:

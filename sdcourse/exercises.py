@@ -9,7 +9,7 @@ __all__ = ['NOT_ATTEMPTED', 'CAPTION_CASES', 'HUB_ID_CASES', 'CheckResult', 'che
            'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss', 'check_attention',
            'check_split_heads', 'check_timestep_embedding', 'check_training_loss', 'check_guided_noise',
            'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id', 'check_frechet_distance',
-           'check_keep_rows']
+           'check_keep_rows', 'check_zero_conv']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -406,3 +406,31 @@ def check_keep_rows(keep_rows):
     for wrong, hint in mistakes:
         if torch.equal(out, wrong): return CheckResult(name, False, hint)
     return CheckResult(name, False, "the result is not grad with every other row set to zero")
+
+# %% ../nbs/90_exercises.ipynb #d8173245
+def check_zero_conv(zero_conv):
+    "Check the learner's `zero_conv(c_in, c_out)`: a 1 x 1 convolution 8 -> 16 channels that outputs exactly zero, has a bias, and learns."
+    name = "zero_conv"
+    conv, failed = _call(name, zero_conv, (8, 16), "zero_conv(8, 16)")
+    if failed is not None: return failed
+    if not isinstance(conv, torch.nn.Conv2d): return CheckResult(name, False, f"it returned {type(conv).__name__}; return an nn.Conv2d")
+    if (conv.in_channels, conv.out_channels) != (8, 16):
+        return CheckResult(name, False, f"it maps {conv.in_channels} -> {conv.out_channels} channels; zero_conv(8, 16) maps 8 -> 16")
+    if conv.kernel_size != (1, 1):
+        return CheckResult(name, False, f"its kernel is {conv.kernel_size[0]}x{conv.kernel_size[1]}; ControlNet's zero convolutions are 1x1 "
+                           "(diffusers' controlnet_down_blocks would not load its weights)")
+    if conv.bias is None: return CheckResult(name, False, "it has no bias; diffusers' zero convolutions have one (controlnet_down_blocks.N.bias), "
+                                             "so the shipped weights would not load into it")
+    if not all(p.requires_grad for p in conv.parameters()):
+        return CheckResult(name, False, "its parameters do not require grad: a zero convolution that cannot learn stays a no-op forever")
+    x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = conv(x)
+    if out.shape != (2, 16, 4, 4): return CheckResult(name, False, f"a [2, 8, 4, 4] input gave {list(out.shape)}; keep the size (a 1x1 kernel needs no padding)")
+    if (conv.weight == 0).all() and not (conv.bias == 0).all():
+        return CheckResult(name, False, "the weights are zero but the bias is not: the output is the bias everywhere, so the untrained ControlNet "
+                           "would already change the image; zero the bias too")
+    if not (out == 0).all(): return CheckResult(name, False, "its output is not zero: set the weights (and the bias) to zero, e.g. nn.init.zeros_")
+    out.sum().backward()
+    if conv.weight.grad is None or not conv.weight.grad.abs().sum() > 0:
+        return CheckResult(name, False, "its weights get no gradient; build it from an ordinary nn.Conv2d so that they learn")
+    return CheckResult(name, True, "the output is exactly zero, the layer has diffusers' shape, and its weights receive a gradient")

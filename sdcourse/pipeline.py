@@ -189,17 +189,17 @@ def open_image(path, mode="RGB"):
 OPTIONS_GROUP = "sdcourse.sampling_options"  # [project.entry-points."sdcourse.sampling_options"]: name = "module:function(parser)"
 
 def _option_plugins(parser):
-    """Later lectures' options for generate, img2img and inpaint (lecture 13: --embedding), added to `parser`. Each plugin returns
+    """Later lectures' options for generate, img2img and inpaint (lecture 13: --embedding; 14: --control), added to `parser`. Each plugin returns
     `apply(pipe, options)`: it changes the pipeline as `options` ask (the parsed arguments, or a PNG's recipe) and returns what the recipe records."""
     return [entry.load()(parser) for entry in entry_points(group=OPTIONS_GROUP)]
 
 def reproduce(path, device=None):
-    "Make again, from its own record, an image `sdcourse generate` saved: same model, prompt, seed, steps, guidance, scheduler, LoRA and embedding."
+    "Make again, from its own record, an image `sdcourse generate` saved: same model, prompt, seed, steps, guidance, scheduler, LoRA, embedding and control."
     info = png_info(path)
     if info.get("command") != "generate": raise ValueError(f"{str(path)!r} holds no record of `sdcourse generate` (found {info or 'none'})")
     pipe = load_sd(info["model"], device)
     if info.get("lora"): set_lora_strengths(load_lora(pipe, info["lora"], "lora"), {"lora": info["lora_strength"]})
-    for apply in _option_plugins(argparse.ArgumentParser()): apply(pipe, info)  # what later lectures' options recorded (lecture 13: an embedding)
+    for apply in _option_plugins(argparse.ArgumentParser()): apply(pipe, info)  # what later lectures' options recorded (13: an embedding; 14: a control image)
     return generate(pipe, info["prompt"], info["negative_prompt"] or None, info["steps"], info["guidance_scale"], info["seed"], info["scheduler"])[0]
 
 # %% ../nbs/11_pipeline.ipynb #bbac7e44

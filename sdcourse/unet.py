@@ -185,7 +185,8 @@ class ScratchUNet(nn.Module):
                                                 rev_attention[i], heads, context_dim, groups, upsample=i < n - 1) for i in range(n)])
         self.conv_norm_out, self.conv_out = nn.GroupNorm(groups, c0, eps=1e-5), nn.Conv2d(c0, out_channels, 3, padding=1)
 
-    def forward(self, x, t, context):
+    def forward(self, x, t, context, down_residuals=None, mid_residual=None):
+        "`down_residuals` (one per skip) and `mid_residual` are added to the skips and the bottleneck: how a ControlNet steers (lecture 14)."
         step = 2 ** (self.levels - 1)
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2] % step or x.shape[3] % step:
             raise ValueError(f"x must be [B, {self.in_channels}, H, W] with H and W divisible by {step}, got {list(x.shape)}")
@@ -196,7 +197,9 @@ class ScratchUNet(nn.Module):
         for block in self.down_blocks:
             h, s = block(h, temb, context)
             skips += s
+        if down_residuals is not None: skips = [s + r for s, r in zip(skips, down_residuals, strict=True)]
         h = self.mid_block(h, temb, context)
+        if mid_residual is not None: h = h + mid_residual
         for block in self.up_blocks: h = block(h, skips, temb, context)
         return self.conv_out(F.silu(self.conv_norm_out(h)))
 

@@ -4,7 +4,7 @@ import numpy as np, pytest
 from PIL import Image
 
 from sdcourse.data import (COLOURS, HELDOUT_COMBOS, NEW_SHAPE, POSITIONS, SHAPES, SPLITS, Attributes, ShapesDataset,
-                           export_imagefolder, grade, grader_accuracy, load_imagefolder, make_example, parse_caption,
+                           example_mask, export_imagefolder, grade, grader_accuracy, load_imagefolder, make_example, parse_caption,
                            read_attributes, render)
 
 
@@ -170,3 +170,17 @@ def test_golden_dataset_bytes():
 
 
 GOLDEN = "240ac1e4ed940cbdc505e7d74ccd52fb7d019a49ff8eb57807f86eebf72faa79"  # 4 images and captions per split, seed 0
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_example_mask_is_the_exact_coverage_of_the_drawn_shape(split):
+    for index in range(5):
+        image, _, attrs = make_example(index, split, seed=3)
+        mask = example_mask(index, split, seed=3)
+        assert mask.shape == (64, 64) and mask.min() == 0 and mask.max() == 1
+        pixels = np.asarray(image, dtype=np.float64)
+        fg, bg = pixels[mask == 1].mean(0), pixels[mask == 0].mean(0)
+        assert np.ptp(pixels[mask == 1], axis=0).max() == 0 and np.ptp(pixels[mask == 0], axis=0).max() == 0  # one colour inside, one outside
+        assert np.abs(np.round(bg * (1 - mask[..., None]) + fg * mask[..., None]) - pixels).max() <= 1  # the image is the mask's blend of the two
+        assert np.linalg.norm(fg - COLOURS.get(attrs.colour, fg)) < 25
+    with pytest.raises(ValueError, match="split"): example_mask(0, "nope")
