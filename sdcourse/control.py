@@ -25,7 +25,7 @@ from torch import nn
 from .core import check_number, get_device, shipped_path
 from .data import POSITIONS, SHAPES, SIZES, estimate_alpha, example_mask, grader_accuracy, make_example, read_attributes, render_with_mask
 from .pipeline import _bounded, _where, open_image
-from .sampling import generate
+from .sampling import generate, image_side
 from .training import batch_indices, cache_training_data, ema_unet, train_unet, training_batch
 from .unet import DownBlock, MidBlock, TimestepMLP, timestep_embedding
 
@@ -206,9 +206,7 @@ def generate_with_control(pipe, controlnet, control, prompt, control_scale=1.0, 
     `width`, or the model's own size). Takes everything `generate` takes; the loop `StableDiffusionControlNetPipeline` runs."""
     control_scale = check_number("control_scale", control_scale, 0, 100)
     prompts = [prompt] if isinstance(prompt, str) else prompt
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    native = pipe.unet.config.sample_size * factor
-    size = (kwargs.get("width") or native, kwargs.get("height") or native)
+    size = (kwargs.get("width") or image_side(pipe), kwargs.get("height") or image_side(pipe))
     images = control_images(control, len(prompts) if isinstance(prompts, (list, tuple)) else 1, size)
     return generate(with_control(pipe, controlnet, images, control_scale), prompt, **kwargs)
 
@@ -260,7 +258,7 @@ def control_loss(model, schedule, x0, context, t, noise, control):
 def iou_during_training(pipe, n=32):
     "An `eval_fn` for `train_unet`: the mean IoU of `n` images drawn by the ControlNet being trained (EMA weights) with `n` new masks."
     captions, _, masks = control_examples(n)
-    side = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    side = image_side(pipe)
     controls = control_images([mask_image(m) for m in masks], n, (side, side))  # [n, 3, H, W]
     def eval_fn(model):
         images = generate(steer(copy.copy(pipe), model.controlnet, controls), captions)
@@ -344,7 +342,7 @@ def add_control_option(parser):
         if not options.get("control"):
             if folder: raise ValueError("--controlnet needs --control, the image that steers it")
             return {}
-        image, side = open_image(options["control"]), pipe.unet.config.sample_size * pipe.vae_scale_factor
+        image, side = open_image(options["control"]), image_side(pipe)
         controlnet = load_controlnet(None if folder == CONTROLNET else folder, pipe.unet.device)
         scale = options.get("control_scale", 1.0)
         steer(pipe, controlnet, control_images(image, 1, (side, side)), scale)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from .core import check_choice
 from .sampling import check_generation, denoise, draw_noise, seed_generators, text_context, to_images
+from .vae import downsample_factor
 
 # %% ../nbs/09_img2img.ipynb #f5fffd2f
 def check_strength(strength):
@@ -74,7 +75,7 @@ def img2img(pipe, image, prompt, strength=0.6, negative_prompt=None, steps=20, g
     Takes what `generate` takes; strength 0 returns the VAE round trip, strength 1 starts from (almost) pure noise."""
     prompts, negatives, scheduler, steps = check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler)
     check_choice("output_type", output_type, ("pil", "pt", "latent"))
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = downsample_factor(pipe.vae)
     x = source_images(image, len(prompts), factor)
     generator, device = seed_generators(seed, len(prompts)), pipe.unet.device
     context = text_context(pipe, prompts, negatives, guidance_scale)
@@ -110,7 +111,7 @@ def inpaint(pipe, image, mask, prompt, strength=1.0, negative_prompt=None, steps
     the source latent noised to the next timestep. `mask`: white (>= 0.5) is repainted, black kept."""
     prompts, negatives, scheduler, steps = check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler)
     check_choice("output_type", output_type, ("pil", "pt", "latent"))
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = downsample_factor(pipe.vae)
     x = source_images(image, len(prompts), factor)
     m = latent_mask(masks(mask, len(prompts), (x.shape[-1], x.shape[-2])), factor).to(pipe.unet.device)
     generator, device = seed_generators(seed, len(prompts)), pipe.unet.device

@@ -25,10 +25,10 @@ from .core import (check_output_folder, get_device, pil_to_tensor, quiet_librari
 from .data import SPLITS, export_imagefolder, grade, load_imagefolder
 from .img2img import img2img, inpaint
 from .lora import LORA_FILE, add_lora, concept_cache, finetune, load_lora, save_lora, set_lora_strengths
-from .sampling import SCHEDULERS, generate, to_images
+from .sampling import SCHEDULERS, generate, image_side, to_images
 from .text import train_course_text_encoder
 from .training import images_cache, train_course_unet
-from .vae import train_course_vae
+from .vae import downsample_factor, train_course_vae
 
 # %% ../nbs/11_pipeline.ipynb #88817f18
 DEFAULT_MODEL = "sdcourse-tiny"
@@ -40,10 +40,10 @@ MAX_PIXELS = 4096 * 4096  # the largest input image opened at all (PIL's own bom
 
 def check_pipeline(pipe, model="the model"):
     "Refuse a pipeline that would render absurdly large images or holds NaN / infinite weights, before it draws anything."
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    side = image_side(pipe)
     if side > MAX_SIDE:
         raise ValueError(f"model={str(model)!r} asks for {side}x{side} images (unet sample_size {pipe.unet.config.sample_size} x "
-                         f"{pipe.vae_scale_factor}); sdcourse renders at most {MAX_SIDE} pixels a side: is its unet/config.json right?")
+                         f"{downsample_factor(pipe.vae)}); sdcourse renders at most {MAX_SIDE} pixels a side: is its unet/config.json right?")
     for part in ("unet", "vae", "text_encoder"):
         bad = next((name for name, w in getattr(pipe, part).named_parameters() if not torch.isfinite(w).all()), None)
         if bad: raise ValueError(f"model={str(model)!r}: its {part} weight {bad} holds NaN or infinite numbers; it would draw black images")
@@ -241,7 +241,7 @@ def _sampling_pipe(args):
 
 def _check_source(pipe, image, what):
     "An input image the model can take without running out of memory: at most 8x its native size a side."
-    most = 8 * pipe.unet.config.sample_size * pipe.vae_scale_factor
+    most = 8 * image_side(pipe)
     if max(image.size) > most:
         raise ValueError(f"the {what} is {image.size[0]}x{image.size[1]}; this model draws {most // 8}x{most // 8} and takes inputs of at most "
                          f"{most} pixels a side: resize it")
@@ -284,7 +284,7 @@ def _training_cache(args, pipe):
     if args.images is None: return concept_cache(pipe.vae, pipe.text_encoder, pipe.tokenizer, 20, seed=args.seed)
     ds = load_imagefolder(args.images)
     if len(ds) > MAX_ADAPT_IMAGES: raise ValueError(f"--images holds {len(ds)} images; adapting takes at most {MAX_ADAPT_IMAGES} (it trains on all at once)")
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = image_side(pipe)
     images = torch.stack([unit_to_signed(pil_to_tensor(ImageOps.exif_transpose(im).convert("RGB").resize((size, size)))) for im in ds["image"]])
     return images_cache(pipe.vae, pipe.text_encoder, pipe.tokenizer, images, ds["text"])
 

@@ -7,8 +7,8 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 # %% auto #0
 __all__ = ['SPACINGS', 'SCHEDULERS', 'sampling_timesteps', 'alpha_bar_at', 'predict_x0', 'ddpm_step', 'ddim_step', 'guided_noise',
            'draw_noise', 'seed_generators', 'sigma_at', 'euler_step', 'ScratchScheduler', 'make_scheduler',
-           'check_generation', 'both_branches', 'text_context', 'denoise', 'to_images', 'generate', 'slerp',
-           'measure_sampling', 'GuidanceWidget']
+           'image_side', 'check_generation', 'both_branches', 'text_context', 'denoise', 'to_images', 'generate',
+           'slerp', 'measure_sampling', 'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time
@@ -21,6 +21,7 @@ from .core import check_choice, check_int, image_row, progress, rendering_page, 
 from .data import eval_prompts, grader_accuracy
 from .schedules import SCHEDULER_CONFIG, linear_betas, scaled_linear_betas
 from .text import encode_prompts
+from .vae import decode_latents, downsample_factor
 
 # %% ../nbs/08_sampling.ipynb #5f04cce8
 SPACINGS = ("leading", "trailing", "linspace")
@@ -189,6 +190,10 @@ def _check_prompts(prompt, negative_prompt):
         raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; give one per prompt, a single str, or None")
     return list(prompts), list(negatives)
 
+def image_side(pipe):
+    "The side in pixels `pipe` draws unless told otherwise: the UNet's sample size times the VAE's downsampling factor (8 x 8 latents: 64 pixels)."
+    return pipe.unet.config.sample_size * downsample_factor(pipe.vae)
+
 def _check_side(name, value, factor):
     if isinstance(value, bool) or not isinstance(value, int) or value < factor or value % factor:
         raise ValueError(f"{name} must be a positive multiple of {factor} (the VAE's downsampling factor), got {value!r}")
@@ -234,7 +239,7 @@ def denoise(pipe, x, timesteps, context, guidance_scale, scheduler, generator=No
 def to_images(vae, latents, output_type="pil"):
     "Decode scaled latents: PIL images ('pil'), a [B, 3, H, W] tensor in [0, 1] ('pt'), or the latents themselves ('latent')."
     if output_type == "latent": return latents
-    images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    images = decode_latents(vae, latents) / 2 + 0.5  # [B, 3, H, W] in [0, 1]
     return images if output_type == "pt" else tensor_to_pil(images)
 
 @torch.no_grad()
@@ -245,9 +250,9 @@ def generate(pipe, prompt, negative_prompt=None, steps=20, guidance_scale=5.0, s
     `seed`: an int (image i gets `seed + i`), a generator or a list of them; `output_type`: "pil", "pt" ([B, 3, H, W] in [0, 1]) or "latent"."""
     prompts, negatives, scheduler, steps = check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler)
     check_choice("output_type", output_type, ("pil", "pt", "latent"))
-    unet, factor = pipe.unet, 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    height = _check_side("height", unet.config.sample_size * factor if height is None else height, factor)
-    width = _check_side("width", unet.config.sample_size * factor if width is None else width, factor)
+    unet, factor = pipe.unet, downsample_factor(pipe.vae)
+    height = _check_side("height", image_side(pipe) if height is None else height, factor)
+    width = _check_side("width", image_side(pipe) if width is None else width, factor)
     generator = seed_generators(seed, len(prompts))
     # 1. text: the prompts, and the "unconditional" branch (the negative prompts; "" when none)
     context = text_context(pipe, prompts, negatives, guidance_scale)
@@ -279,7 +284,7 @@ def measure_sampling(pipe, scheduler="dpm++", steps=20, guidance_scale=5.0, n=20
         latents.append(generate(pipe, prompts[i:i + batch_size], None, steps, guidance_scale, seed + i, scheduler, output_type="latent"))
         seconds += time.perf_counter() - start
     latents = torch.cat(latents)
-    decoded = torch.cat([vae.decode(z / vae.config.scaling_factor).sample for z in latents.split(batch_size)])
+    decoded = torch.cat([decode_latents(vae, z, clamp=False) for z in latents.split(batch_size)])  # [n, 3, H, W], unclamped
     images = tensor_to_pil((decoded / 2 + 0.5).clamp(0, 1))
     return dict(seconds_per_image=seconds / n, latent_std=latents.std().item(), clipped=(decoded.abs() > 1).float().mean().item(),
                 **grader_accuracy(images, prompts))

@@ -198,12 +198,13 @@ def encode_images(vae, x, generator=None, sample=True):
     return z * vae.config.scaling_factor
 
 @torch.no_grad()
-def decode_latents(vae, latents):
-    "Scaled latents [B, 4, h, w] -> images [B, 3, 8h, 8w] clamped to [-1, 1]."
+def decode_latents(vae, latents, clamp=True):
+    "Scaled latents [B, 4, h, w] (what the UNet works on) -> images [B, 3, 8h, 8w] in about [-1, 1], clamped to it unless `clamp=False`."
     expected = vae.config.latent_channels
     if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[1] != expected:
         raise ValueError(f"latents must be a [B, {expected}, h, w] tensor, got {list(getattr(latents, 'shape', []))}")
-    return decode(vae, latents.to(vae.device) / vae.config.scaling_factor).clamp(-1, 1)
+    images = decode(vae, latents.to(vae.device) / vae.config.scaling_factor)  # decode takes unscaled latents
+    return images.clamp(-1, 1) if clamp else images
 
 # %% ../nbs/03_vae.ipynb #f502ae20
 @torch.no_grad()
