@@ -3,3 +3,18 @@ import os, tempfile
 # Tests never write into the learner's real cache unless CI chose one.
 os.environ.setdefault("SDCOURSE_CACHE", tempfile.mkdtemp(prefix="sdcourse-test-cache-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    "sdcourse-tiny on the CPU, loaded once per test module; a test that changes its pipeline loads its own."
+    from sdcourse.training import load_pipeline
+    return load_pipeline(device="cpu")
+
+
+@pytest.fixture
+def no_progress_bars(monkeypatch):
+    "Progress bars go to stderr too; where stderr must hold an error alone, a module uses this fixture (`pytestmark`)."
+    monkeypatch.setenv("SDCOURSE_PROGRESS", "0")

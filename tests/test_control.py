@@ -18,14 +18,7 @@ from sdcourse.training import batch_indices, load_pipeline, training_batch
 from sdcourse.unet import ScratchUNet, make_unet
 
 
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    "Progress bars go to stderr too; here stderr must hold the error alone."
-    monkeypatch.setenv("SDCOURSE_PROGRESS", "0")
-
-
-@pytest.fixture(scope="module")
-def pipe(): return load_pipeline()
+pytestmark = pytest.mark.usefixtures("no_progress_bars")  # stderr must hold the error alone
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,13 @@ from safetensors.torch import save_file
 
 from sdcourse.core import MANIFEST, foreign_files, get_device, load_weights
 from sdcourse.data import make_example
-from sdcourse.pipeline import load_sd, main, open_image, png_info
+from sdcourse.pipeline import main, open_image, png_info
 from sdcourse.lora import LORA_FILE, add_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    "Progress bars go to stderr too; here stderr must hold the error alone."
-    monkeypatch.setenv("SDCOURSE_PROGRESS", "0")
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return load_sd(device="cpu")
+pytestmark = pytest.mark.usefixtures("no_progress_bars")  # stderr must hold the error alone
 
 
 @pytest.fixture

@@ -10,17 +10,11 @@ from sdcourse.img2img import (check_strength, encode_source, img2img, img2img_ti
                               start_index)
 from sdcourse.sampling import SCHEDULERS, make_scheduler, seed_generators, to_images
 from sdcourse.data import eval_prompts
-from sdcourse.training import load_pipeline
 
 IMAGES = [make_example(i, "train", seed=4)[0] for i in range(2)]
 PROMPTS = eval_prompts(2)
 SQUARE = Image.new("L", (64, 64), 0)
 SQUARE.paste(255, (0, 0, 32, 32))
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return load_pipeline(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sdcourse.core import shipped_path
-from sdcourse.data import course_dataset, make_example
+from sdcourse.data import course_dataset
 from sdcourse.exercises import check_lora_layer
 from sdcourse.lora import (LORA_FILE, LoRALinear, add_lora, background_flipped, check_lora_fits, concept_cache, finetune, inject_lora,
                            load_lora, lora_config, lora_parameters, lora_state_dict, lora_targets, merge_lora, save_lora,
@@ -17,11 +17,6 @@ from sdcourse.vae import dataset_images
 
 STARS = shipped_path("lectures", "10_lora", "stars")
 NEGATIVE = shipped_path("lectures", "10_lora", "negative")
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return load_pipeline(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,7 @@ from sdcourse.training import load_pipeline
 STAR = shipped_path("lectures", "13_personalisation", "star.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    "Progress bars go to stderr too; here stderr must hold the error alone."
-    monkeypatch.setenv("SDCOURSE_PROGRESS", "0")
+pytestmark = pytest.mark.usefixtures("no_progress_bars")  # stderr must hold the error alone
 
 
 def pixels(images): return np.stack([np.asarray(im, dtype=np.int16) for im in images])

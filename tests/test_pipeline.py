@@ -1,5 +1,5 @@
 "The `sdcourse` command and the loader: every subcommand on tiny settings, the PNG recipe, and bad input as one line and a non-zero exit."
-import csv, subprocess, sys, time
+import csv, subprocess, time
 
 import numpy as np
 import pytest, torch
@@ -11,11 +11,6 @@ from sdcourse.pipeline import cli_parser, hub_reachable, load_sd, main, png_info
 from sdcourse.sampling import generate
 
 COMMANDS = ["generate", "img2img", "inpaint", "dataset", "train-vae", "train-text-encoder", "train", "finetune", "train-lora", "grade"]
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return load_sd(device="cpu")
 
 
 @pytest.fixture

@@ -7,14 +7,8 @@ from sdcourse.sampling import (SCHEDULERS, SPACINGS, GuidanceWidget, ScratchSche
 from sdcourse.core import tensor_to_pil
 from sdcourse.data import eval_prompts, grader_accuracy
 from sdcourse.schedules import SCHEDULER_CONFIG
-from sdcourse.training import load_pipeline
 
 PROMPTS = eval_prompts(4)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return load_pipeline(device="cpu")
 
 
 def step_counts(spacing): return (1, 10, 50, 999) if spacing == "leading" else (1, 10, 50, 1000)
