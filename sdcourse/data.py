@@ -6,11 +6,11 @@ Docs: https://sdcourse.github.io/sdcourse/data.html.md"""
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS', 'HELDOUT_COMBOS', 'SPLITS', 'SUPERSAMPLE',
-           'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'FILLER_WORDS', 'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes',
-           'shape_mask', 'render_with_mask', 'render', 'make_caption', 'sample_attributes', 'make_example',
-           'example_mask', 'ShapesDataset', 'parse_caption', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade',
-           'grader_accuracy', 'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder',
-           'course_dataset']
+           'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'FILLER_WORDS', 'CAPTION_WORDS', 'NEAR_WORDS',
+           'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes', 'shape_mask', 'render_with_mask', 'render', 'make_caption',
+           'sample_attributes', 'make_example', 'example_mask', 'ShapesDataset', 'parse_caption', 'word_hint',
+           'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy', 'entropy_bits',
+           'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
 import csv, json, math, re
@@ -184,6 +184,23 @@ def parse_caption(caption):
         if kind not in found:
             raise ValueError(f"caption {caption!r} names no {kind}; accepted {kind}s: {tuple(accepted)}")
     return found
+
+# %% ../nbs/01_data.ipynb #0cdfaaf3
+CAPTION_WORDS = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(w for ws in SIZE_WORDS.values() for w in ws),
+                 "position": ("top", "upper", "bottom", "lower", "left", "right", "center", "centre", "middle", "corner"), "background": tuple(BACKGROUNDS)}
+NEAR_WORDS = {  # words people type for what the course draws, which its captions never use
+    "colour": ("crimson", "scarlet", "maroon", "pink", "magenta", "violet", "lilac", "lavender", "indigo", "navy", "azure", "cyan", "teal",
+               "turquoise", "lime", "olive", "emerald", "gold", "golden", "amber", "lemon", "brown", "grey", "gray", "colored", "coloured"),
+    "shape": ("rectangle", "oval", "ellipse", "disc", "disk", "dot", "ring", "rhombus", "lozenge", "pyramid", "box", "cube", "ball", "sphere",
+              "hexagon", "pentagon", "heart", "cross"),
+    "size": ("tiny", "huge", "giant", "medium", "mini", "larger", "smaller", "bigger"),
+    "position": ("above", "below", "up", "down", "north", "south", "east", "west", "side", "edge", "centered", "centred", "topleft", "topright"),
+    "background": ("dark", "light", "bright", "backdrop")}
+
+def word_hint(word):
+    "For a word the course's captions never use: which attribute it probably names and the course's words for that, or None."
+    kind = next((k for k, words in NEAR_WORDS.items() if word.lower() in words), None)
+    return None if kind is None else f"for the {kind}, the course's captions say {', '.join(CAPTION_WORDS[kind])}"
 
 # %% ../nbs/01_data.ipynb #f5e4d965
 def _image_array(image):

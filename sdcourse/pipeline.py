@@ -444,7 +444,12 @@ def main(argv=None):
     debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     try:
         quiet_libraries()
-        args.func(args)
+        with warnings.catch_warnings():  # a warning meant for the user (a UserWarning) is one line too, in the command's voice
+            show = warnings.showwarning
+            warnings.showwarning = lambda message, category, *rest: (
+                print(f"sdcourse {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr) if issubclass(category, UserWarning)
+                else show(message, category, *rest))
+            args.func(args)
     except KeyboardInterrupt:
         if debug: raise
         print(f"sdcourse {args.command}: interrupted", file=sys.stderr)

@@ -7,20 +7,20 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 # %% auto #0
 __all__ = ['SPACINGS', 'SCHEDULERS', 'sampling_timesteps', 'alpha_bar_at', 'predict_x0', 'ddpm_step', 'ddim_step', 'guided_noise',
            'draw_noise', 'seed_generators', 'sigma_at', 'euler_step', 'ScratchScheduler', 'make_scheduler',
-           'image_side', 'check_generation', 'both_branches', 'text_context', 'denoise', 'to_images', 'generate',
-           'slerp', 'measure_sampling', 'GuidanceWidget']
+           'image_side', 'unknown_words_message', 'check_generation', 'both_branches', 'text_context', 'denoise',
+           'to_images', 'generate', 'slerp', 'measure_sampling', 'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
-import inspect, io, time
+import inspect, io, time, warnings
 from numbers import Real
 from types import SimpleNamespace
 
 import torch
 
 from .core import check_choice, check_int, image_row, progress, rendering_page, tensor_to_pil
-from .data import eval_prompts, grader_accuracy
+from .data import eval_prompts, grader_accuracy, word_hint
 from .schedules import SCHEDULER_CONFIG, linear_betas, scaled_linear_betas
-from .text import encode_prompts
+from .text import encode_prompts, unknown_words
 from .vae import decode_latents, downsample_factor
 
 # %% ../nbs/08_sampling.ipynb #5f04cce8
@@ -199,9 +199,19 @@ def _check_side(name, value, factor):
         raise ValueError(f"{name} must be a positive multiple of {factor} (the VAE's downsampling factor), got {value!r}")
     return value
 
+def unknown_words_message(tokenizer, prompts):
+    "What to tell a user whose `prompts` use words `tokenizer` cuts into pieces (lecture 4), with the course's word where one was probably meant; None if none."
+    unknown = list(dict.fromkeys(w for p in prompts for w in unknown_words(tokenizer, p)))
+    if not unknown: return None
+    them = "it" if len(unknown) == 1 else "them"
+    named = ", ".join(f"{w!r} ({word_hint(w)})" if word_hint(w) else repr(w) for w in unknown)
+    return f"this model's tokenizer cuts {named} into pieces: its text encoder never learned {them}, and the image may ignore {them}"
+
 def check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler):
-    "Check what every sampling function takes; returns (prompts, negatives, scheduler, steps), the scheduler made from a name if need be."
+    "Check what every sampling function takes (and warn about words the model never learned); returns (prompts, negatives, scheduler, steps)."
     prompts, negatives = _check_prompts(prompt, negative_prompt)
+    message = unknown_words_message(pipe.tokenizer, prompts + negatives)
+    if message: warnings.warn(message, stacklevel=3)
     if isinstance(scheduler, str): scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     scheduler = pipe.scheduler if scheduler is None else scheduler
     steps = check_int("steps", steps, 1, scheduler.config["num_train_timesteps"])

@@ -6,9 +6,9 @@ Docs: https://sdcourse.github.io/sdcourse/text.html.md"""
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'MAX_LENGTH', 'VISION_CONFIG', 'bytes_to_unicode', 'word_symbols', 'learn_bpe',
-           'caption_word_counts', 'build_tokenizer', 'tokenize', 'text_config', 'make_mini_clip', 'clip_pixels',
-           'contrastive_loss', 'train_mini_clip', 'clip_embeddings', 'text_encoder_from_clip', 'encode_prompts',
-           'retrieval_accuracy', 'train_course_text_encoder', 'load_text_encoder', 'load_mini_clip']
+           'caption_word_counts', 'build_tokenizer', 'tokenize', 'unknown_words', 'text_config', 'make_mini_clip',
+           'clip_pixels', 'contrastive_loss', 'train_mini_clip', 'clip_embeddings', 'text_encoder_from_clip',
+           'encode_prompts', 'retrieval_accuracy', 'train_course_text_encoder', 'load_text_encoder', 'load_mini_clip']
 
 # %% ../nbs/04_text.ipynb #82ed2ac3
 import json, re, time, warnings
@@ -95,6 +95,13 @@ def tokenize(tokenizer, prompts):
         if n > tokenizer.model_max_length:
             warnings.warn(f"prompt {i} has {n} tokens; only the first {tokenizer.model_max_length} (with the start and end tokens) are used: {p[:60]!r}...")
     return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+# %% ../nbs/04_text.ipynb #d0cdbf05
+def unknown_words(tokenizer, text):
+    "The words of `text` that `tokenizer` cuts into pieces (its added tokens, such as a textual-inversion word, aside): words its text encoder never saw whole."
+    for token in tokenizer.get_added_vocab(): text = text.replace(token, " ")
+    words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))  # letters only: punctuation and numbers are tokens of their own
+    return [w for w in words if tokenizer.tokenize(w) != [w + "</w>"]]
 
 # %% ../nbs/04_text.ipynb #bbffacf9
 def text_config(tokenizer, **overrides):

@@ -4,7 +4,7 @@ import numpy as np, pytest
 from PIL import Image
 
 from sdcourse.data import (COLOURS, HELDOUT_COMBOS, NEW_SHAPE, POSITIONS, SHAPES, SPLITS, Attributes, ShapesDataset,
-                           example_mask, export_imagefolder, grade, grader_accuracy, load_imagefolder, make_example, parse_caption,
+                           example_mask, export_imagefolder, grade, grader_accuracy, load_imagefolder, make_example, parse_caption, word_hint,
                            read_attributes, render)
 
 
@@ -184,3 +184,9 @@ def test_example_mask_is_the_exact_coverage_of_the_drawn_shape(split):
         assert np.abs(np.round(bg * (1 - mask[..., None]) + fg * mask[..., None]) - pixels).max() <= 1  # the image is the mask's blend of the two
         assert np.linalg.norm(fg - COLOURS.get(attrs.colour, fg)) < 25
     with pytest.raises(ValueError, match="split"): example_mask(0, "nope")
+
+
+def test_word_hints_name_the_attribute_and_the_course_words():
+    assert word_hint("Crimson") == "for the colour, the course's captions say red, orange, yellow, green, blue, purple"
+    assert word_hint("tiny") == "for the size, the course's captions say small, little, large, big"
+    assert word_hint("zebra") is None and word_hint("red") is None  # unknown, and a course word: no hint

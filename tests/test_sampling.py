@@ -1,3 +1,5 @@
+import warnings
+
 import pytest, torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
@@ -238,3 +240,14 @@ def test_exercise_checkers():
     assert "off by one" in check_ddim_step(lambda x, e, t, p, ab: ddim(x, e, t - 1, p - 1, ab)).message
     assert "swapped" in check_ddim_step(lambda x, e, t, p, ab: ddim(x, e, p, t, ab)).message
     assert "raised" in check_ddim_step(lambda x, e, t, p, ab: x[99]).message
+
+
+def test_generate_warns_about_words_the_model_never_learned(pipe):
+    with pytest.warns(UserWarning) as caught:
+        generate(pipe, "a crimson oval in the top left", negative_prompt="blurry", steps=2)
+    message = str(caught[0].message)
+    assert "'crimson' (for the colour, the course's captions say red, orange, yellow, green, blue, purple)" in message
+    assert "'oval' (for the shape, the course's captions say circle, square, triangle, diamond)" in message and "'blurry'" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the course's own words: no warning
+        generate(pipe, ["a big GREEN square, in the top left corner!", "a little purple diamond at the centre on a black background"], steps=2)

@@ -5,7 +5,7 @@ import pytest, torch
 from sdcourse.core import shipped_path
 from sdcourse.data import ShapesDataset
 from sdcourse.text import (MAX_LENGTH, build_tokenizer, contrastive_loss, encode_prompts, learn_bpe, load_mini_clip,
-                           load_text_encoder, make_mini_clip, retrieval_accuracy, text_encoder_from_clip, tokenize, word_symbols)
+                           load_text_encoder, make_mini_clip, retrieval_accuracy, text_encoder_from_clip, tokenize, unknown_words, word_symbols)
 from sdcourse.vae import dataset_images
 
 
@@ -94,3 +94,11 @@ def test_mini_clip_retrieval_not_worse_than_recorded(shipped):
         for way in ("image_to_caption", "caption_to_image"):
             assert got[way] >= record[split][way] - 0.02, (split, way, got, record[split])
         assert got["image_to_caption"] > 20 / 256  # far above chance
+
+
+def test_unknown_words_are_the_words_the_tokenizer_cuts():
+    tokenizer, _ = load_text_encoder()
+    assert unknown_words(tokenizer, "A big GREEN square, in the top left corner!") == []
+    assert unknown_words(tokenizer, "please draw a crimson oval, crimson! 42 times") == ["please", "draw", "crimson", "oval", "times"]
+    tokenizer.add_tokens(["<thing>"])  # a textual-inversion word is the tokenizer's own, not an unknown word
+    assert unknown_words(tokenizer, "a red <thing>, a thing") == ["thing"]
