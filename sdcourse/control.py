@@ -27,14 +27,15 @@ from .data import POSITIONS, SHAPES, SIZES, estimate_alpha, example_mask, grader
 from .pipeline import _bounded, _where, open_image
 from .sampling import generate, image_side
 from .training import batch_indices, cache_training_data, ema_unet, train_unet, training_batch
-from .unet import DownBlock, MidBlock, TimestepMLP, timestep_embedding
+from .unet import DownBlock, MidBlock, TimestepMLP, scratch_sizes, timestep_embedding
 
 # %% ../nbs/14_control.ipynb #fe4a493d
 def mask_image(coverage):
     "A shape's coverage [H, W] in [0, 1] as a control image: the shape white on black, in RGB (as ControlNet pipelines take it)."
     a = np.asarray(coverage, dtype=np.float32)
-    if a.ndim != 2 or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-        raise ValueError(f"coverage must be a 2-D array of values in [0, 1], got shape {list(a.shape)} with range [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}]")
+    if a.ndim != 2 or not a.size or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise ValueError(f"coverage must be a non-empty 2-D array of values in [0, 1], got shape {list(a.shape)}"
+                         + (f" with values in [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}]" if a.size else ""))
     return Image.fromarray(np.round(a * 255).astype(np.uint8), "L").convert("RGB")
 
 def control_images(control, n, size):
@@ -82,12 +83,6 @@ def _skip_channels(block_out_channels, layers_per_block):
     n = len(block_out_channels)
     return [block_out_channels[0]] + [c for i, c in enumerate(block_out_channels) for _ in range(layers_per_block + (i < n - 1))]
 
-def _sizes(config):
-    "ScratchUNet's sizes from a diffusers UNet2DConditionModel's or ControlNetModel's config."
-    return dict(in_channels=config.in_channels, block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
-                attention=tuple("CrossAttn" in b for b in config.down_block_types), heads=config.attention_head_dim,
-                context_dim=config.cross_attention_dim, groups=config.norm_num_groups)
-
 class ScratchControlNet(nn.Module):
     """ControlNet from scratch, with diffusers' parameter names: a copy of the UNet's input convolution, time embedding, down path and middle,
     fed the control image through a `ConditioningEncoder`, and one zero convolution per skip connection and for the middle."""
@@ -121,7 +116,7 @@ class ScratchControlNet(nn.Module):
     @classmethod
     def from_unet(cls, unet, control_channels=CONTROL_CHANNELS):
         "A ControlNet for a diffusers `UNet2DConditionModel`: its input convolution, time embedding, down path and middle copied; the rest new."
-        ours = cls(**_sizes(unet.config), control_channels=control_channels)
+        ours = cls(**scratch_sizes(unet.config), control_channels=control_channels)
         copied = {k: v for k, v in unet.state_dict().items() if k.startswith(("conv_in.", "time_embedding.", "down_blocks.", "mid_block."))}
         missing, unexpected = ours.load_state_dict(copied, strict=False)
         assert not unexpected and all(k.startswith(("controlnet_", )) for k in missing), (missing, unexpected)  # only the new parts start fresh
@@ -130,7 +125,7 @@ class ScratchControlNet(nn.Module):
     @classmethod
     def from_diffusers(cls, controlnet):
         "A `ScratchControlNet` with the sizes and the weights of a diffusers `ControlNetModel` (loaded with strict=True)."
-        ours = cls(**_sizes(controlnet.config), control_channels=tuple(controlnet.config.conditioning_embedding_out_channels))
+        ours = cls(**scratch_sizes(controlnet.config), control_channels=tuple(controlnet.config.conditioning_embedding_out_channels))
         ours.load_state_dict(controlnet.state_dict(), strict=True)
         return ours.to(controlnet.device).eval()
 

@@ -7,7 +7,7 @@ Docs: https://sdcourse.github.io/sdcourse/unet.html.md"""
 # %% auto #0
 __all__ = ['UNET_CONFIG', 'timestep_embedding', 'TimestepMLP', 'ResBlock', 'GEGLU', 'FeedForward', 'TransformerBlock',
            'SpatialTransformer', 'Downsample', 'Upsample', 'DownBlock', 'MidBlock', 'UpBlock', 'ScratchUNet',
-           'make_unet', 'load_unet', 'parameter_counts']
+           'scratch_sizes', 'make_unet', 'load_unet', 'parameter_counts']
 
 # %% ../nbs/06_unet.ipynb #63dac43a
 import math
@@ -206,14 +206,18 @@ class ScratchUNet(nn.Module):
     @classmethod
     def from_diffusers(cls, unet):
         "A `ScratchUNet` with the sizes and the weights of a diffusers `UNet2DConditionModel`."
-        cfg = unet.config
-        attention = tuple("CrossAttn" in b for b in cfg.down_block_types)
-        if tuple("CrossAttn" in b for b in cfg.up_block_types) != attention[::-1]:
+        cfg, sizes = unet.config, scratch_sizes(unet.config)
+        if tuple("CrossAttn" in b for b in cfg.up_block_types) != sizes["attention"][::-1]:
             raise ValueError(f"up_block_types must mirror down_block_types, got {cfg.down_block_types} and {cfg.up_block_types}")
-        ours = cls(cfg.in_channels, cfg.out_channels, tuple(cfg.block_out_channels), attention, cfg.layers_per_block,
-                   cfg.attention_head_dim, cfg.cross_attention_dim, cfg.norm_num_groups)
+        ours = cls(out_channels=cfg.out_channels, **sizes)
         ours.load_state_dict(unet.state_dict(), strict=True)
         return ours.to(unet.device).eval()
+
+def scratch_sizes(config):
+    "The sizes of the down path a diffusers config (UNet2DConditionModel's, or ControlNetModel's) describes, as `ScratchUNet` takes them."
+    return dict(in_channels=config.in_channels, block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+                attention=tuple("CrossAttn" in b for b in config.down_block_types), heads=config.attention_head_dim,
+                context_dim=config.cross_attention_dim, groups=config.norm_num_groups)
 
 # %% ../nbs/06_unet.ipynb #9b237a1c
 UNET_CONFIG = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
