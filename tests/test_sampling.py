@@ -249,5 +249,5 @@ def test_generate_warns_about_words_the_model_never_learned(pipe):
     assert "'crimson' (for the colour, the course's captions say red, orange, yellow, green, blue, purple)" in message
     assert "'oval' (for the shape, the course's captions say circle, square, triangle, diamond)" in message and "'blurry'" in message
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the course's own words: no warning
+        warnings.simplefilter("error", UserWarning)  # the course's own words: no warning (libraries' deprecation notes aside)
         generate(pipe, ["a big GREEN square, in the top left corner!", "a little purple diamond at the centre on a black background"], steps=2)

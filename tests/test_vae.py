@@ -45,6 +45,8 @@ def test_encoding_is_the_from_scratch_maths(vae, test_images):
         assert torch.allclose(dist.kl(), kl_divergence(mu, logvar), rtol=1e-4, atol=1e-3)
         z = encode_images(vae, x, sample=False)
         assert torch.allclose(decode_latents(vae, z), vae.decode(mu).sample.clamp(-1, 1), atol=1e-5)
+        unclamped = decode_latents(vae, z * 3, clamp=False)  # latents pushed out of range decode past [-1, 1]; clamp=False keeps that visible
+        assert torch.allclose(unclamped, vae.decode(mu * 3).sample, atol=1e-5) and unclamped.abs().max() > 1
 
 
 def test_kl_matches_torch_distributions():
