@@ -257,7 +257,7 @@ def iou_during_training(pipe, n=32):
     controls = control_images([mask_image(m) for m in masks], n, (side, side))  # [n, 3, H, W]
     def eval_fn(model):
         images = generate(steer(copy.copy(pipe), model.controlnet, controls), captions)
-        return dict(iou=float(np.mean([shape_iou(im, m) for im, m in zip(images, masks)])))
+        return dict(iou=control_scores(images, captions, masks)["iou"])
     return eval_fn
 
 def train_controlnet(pipe, cache, steps=2400, batch_size=64, lr=1e-3, ema_decay=0.995, seed=0, checkpoint=None, resume=False, eval_every=None,

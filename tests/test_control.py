@@ -116,7 +116,8 @@ def test_training_changes_only_the_controlnet_and_resumes(pipe, tmp_path):
     fresh = load_pipeline()
     before = {k: v.clone() for k, v in fresh.unet.state_dict().items()}
     cache = control_cache(fresh, 40)
-    controlnet, history = train_controlnet(fresh, cache, steps=3, batch_size=8, checkpoint=tmp_path / "ckpt.safetensors")
+    controlnet, history = train_controlnet(fresh, cache, steps=3, batch_size=8, checkpoint=tmp_path / "ckpt.safetensors", eval_every=3)
+    assert 0 < history[-1]["iou"] < 1 and "iou" not in history[0]  # measured every 3 steps, as asked
     assert len(history) == 3 and all(torch.equal(v, before[k]) for k, v in fresh.unet.state_dict().items())
     assert any(conv.weight.abs().sum() > 0 for conv in controlnet.controlnet_down_blocks)  # the zero convolutions left zero
     _, resumed = train_controlnet(load_pipeline(), cache, steps=5, batch_size=8, checkpoint=tmp_path / "ckpt.safetensors", resume=True)
@@ -158,7 +159,9 @@ def test_shipped_controlnet_is_small_safetensors_for_the_shipped_unet(pipe):
     files = {p.name for p in folder.iterdir()}
     assert "diffusion_pytorch_model.safetensors" in files and not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     assert sum(p.stat().st_size for p in folder.iterdir()) < 4e6
-    assert isinstance(ControlledUNet(pipe.unet, load_controlnet()), ControlledUNet)  # it fits
+    steered = ControlledUNet(pipe.unet, load_controlnet())  # refused with a ValueError if it were made for another UNet
+    x, t, context, control = inputs(pipe)
+    assert steered(x, t, context, control).sample.shape == (2, 4, 8, 8)
 
 
 def test_bad_input_is_refused_with_a_message(pipe, shipped, tmp_path):
