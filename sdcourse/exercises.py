@@ -9,7 +9,7 @@ __all__ = ['NOT_ATTEMPTED', 'CAPTION_CASES', 'HUB_ID_CASES', 'CheckResult', 'che
            'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss', 'check_attention',
            'check_split_heads', 'check_timestep_embedding', 'check_training_loss', 'check_guided_noise',
            'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id', 'check_frechet_distance',
-           'check_keep_rows', 'check_zero_conv']
+           'check_keep_rows', 'check_zero_conv', 'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -434,3 +434,27 @@ def check_zero_conv(zero_conv):
     if conv.weight.grad is None or not conv.weight.grad.abs().sum() > 0:
         return CheckResult(name, False, "its weights get no gradient; build it from an ordinary nn.Conv2d so that they learn")
     return CheckResult(name, True, "the output is exactly zero, the layer has diffusers' shape, and its weights receive a gradient")
+
+# %% ../nbs/90_exercises.ipynb #7509a3fa
+def check_consistency_scalings(scalings):
+    "Check the learner's `scalings(t)` -> `(c_skip, c_out)`: LCM's boundary-condition scalings, sigma_data = 0.5, the timestep scaled by 10."
+    name = "consistency_scalings"
+    t = torch.tensor([0, 1, 5, 19, 259, 999])
+    out, failed = _call(name, scalings, (t,), "scalings(t) with t = torch.tensor([0, 1, 5, 19, 259, 999])")
+    if failed is not None: return failed
+    if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(c, torch.Tensor) and c.shape == t.shape for c in out):
+        return CheckResult(name, False, f"it returned {type(out).__name__} {out!r:.80}; return a pair (c_skip, c_out) of tensors shaped like t")
+    s, sd = t.float() * 10, 0.5  # LCM's timestep scaling and sigma_data
+    c_skip, c_out = sd**2 / (s**2 + sd**2), s / (s**2 + sd**2).sqrt()
+    mistakes = [
+        (torch.stack([c_out, c_skip]), "c_skip and c_out are swapped: c_skip multiplies x_t and is 1 at t = 0, c_out multiplies the x0 estimate and is 0 there"),
+        (torch.stack([sd**2 / (t**2 + sd**2), t / (t**2 + sd**2).sqrt()]).float(),
+         "the timestep is not scaled: LCM multiplies t by 10 (TIMESTEP_SCALING) before computing the scalings"),
+        (torch.stack([sd / (s**2 + sd), s / (s**2 + sd).sqrt()]), "sigma_data is not squared: the formulas use sigma_data^2 = 0.25"),
+        (torch.stack([c_skip, s / (s**2 + sd**2)]), "c_out lacks its square root: c_out = s / sqrt(s^2 + sigma_data^2)"),
+    ]
+    result = _compare(name, torch.stack([c.float() for c in out]), torch.stack([c_skip, c_out]), mistakes)
+    at_zero = [round(c[0].item(), 4) for c in out]
+    if not result and result.message.startswith("it differs") and at_zero != [1.0, 0.0]:
+        return CheckResult(name, False, f"at t = 0 it gives (c_skip, c_out) = {tuple(at_zero)}; the boundary condition needs exactly (1, 0), so that f(x, 0) = x")
+    return result

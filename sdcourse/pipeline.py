@@ -6,9 +6,9 @@ Docs: https://sdcourse.github.io/sdcourse/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'REAL_SD', 'HUB_ID', 'MAX_SIDE', 'MAX_PIXELS', 'SD15_UNET_CONFIG', 'SD15_VAE_CONFIG',
-           'SD15_TEXT_CONFIG', 'OPTIONS_GROUP', 'MAX_SEED', 'MAX_ADAPT_IMAGES', 'DEBUG_VARIABLE', 'EPILOG',
-           'COMMANDS_GROUP', 'check_pipeline', 'hub_reachable', 'load_sd', 'unet_parity', 'check_output', 'save_png',
-           'png_info', 'open_image', 'reproduce', 'cli_parser', 'main']
+           'SD15_TEXT_CONFIG', 'OPTIONS_GROUP', 'SAMPLING_DEFAULTS', 'MAX_SEED', 'MAX_ADAPT_IMAGES', 'DEBUG_VARIABLE',
+           'EPILOG', 'COMMANDS_GROUP', 'check_pipeline', 'hub_reachable', 'load_sd', 'unet_parity', 'check_output',
+           'save_png', 'png_info', 'open_image', 'reproduce', 'cli_parser', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #7a2748bf
 import argparse, json, math, os, re, socket, sys, time, warnings
@@ -188,10 +188,18 @@ def open_image(path, mode="RGB"):
 
 OPTIONS_GROUP = "sdcourse.sampling_options"  # [project.entry-points."sdcourse.sampling_options"]: name = "module:function(parser)"
 
+SAMPLING_DEFAULTS = dict(steps=20, guidance_scale=5.0)  # what --steps and --guidance mean when left out (a sampler of a later lecture may choose others)
+
 def _option_plugins(parser):
-    """Later lectures' options for generate, img2img and inpaint (lecture 13: --embedding; 14: --control), added to `parser`. Each plugin returns
-    `apply(pipe, options)`: it changes the pipeline as `options` ask (the parsed arguments, or a PNG's recipe) and returns what the recipe records."""
+    """Later lectures' options for generate, img2img and inpaint (lecture 13: --embedding; 14: --control; 15: --scheduler lcm), added to `parser`.
+    Each plugin returns `apply(pipe, options)`: it changes the pipeline as `options` ask (the parsed arguments, or a PNG's recipe) and returns what
+    the recipe records, plus, under "defaults", the steps and guidance its sampler takes when the command does not say. A plugin that brings
+    its own samplers lists their names in `apply.schedulers`: --scheduler accepts them, and the plugin sets them on the pipeline."""
     return [entry.load()(parser) for entry in entry_points(group=OPTIONS_GROUP)]
+
+def _scheduler_arg(name):
+    "The `scheduler` argument of generate for a recipe's sampler name: a name of `SCHEDULERS`, or None for one a plugin set on the pipeline."
+    return name if name in SCHEDULERS else None
 
 def reproduce(path, device=None):
     "Make again, from its own record, an image `sdcourse generate` saved: same model, prompt, seed, steps, guidance, scheduler, LoRA, embedding and control."
@@ -199,8 +207,9 @@ def reproduce(path, device=None):
     if info.get("command") != "generate": raise ValueError(f"{str(path)!r} holds no record of `sdcourse generate` (found {info or 'none'})")
     pipe = load_sd(info["model"], device)
     if info.get("lora"): set_lora_strengths(load_lora(pipe, info["lora"], "lora"), {"lora": info["lora_strength"]})
-    for apply in _option_plugins(argparse.ArgumentParser()): apply(pipe, info)  # what later lectures' options recorded (13: an embedding; 14: a control image)
-    return generate(pipe, info["prompt"], info["negative_prompt"] or None, info["steps"], info["guidance_scale"], info["seed"], info["scheduler"])[0]
+    for apply in _option_plugins(argparse.ArgumentParser()): apply(pipe, info)  # what later lectures' options recorded (13: an embedding; 14: a control image; 15: lcm)
+    return generate(pipe, info["prompt"], info["negative_prompt"] or None, info["steps"], info["guidance_scale"], info["seed"],
+                    _scheduler_arg(info["scheduler"]))[0]
 
 # %% ../nbs/11_pipeline.ipynb #bbac7e44
 class _Parser(argparse.ArgumentParser):
@@ -237,6 +246,9 @@ def _sampling_pipe(args):
     if args.lora: set_lora_strengths(load_lora(pipe, args.lora, "lora"), {"lora": args.lora_strength})
     recipe = {}
     for apply in args.plugins: recipe |= apply(pipe, vars(args))
+    defaults = SAMPLING_DEFAULTS | recipe.pop("defaults", {})
+    args.steps = defaults["steps"] if args.steps is None else args.steps
+    args.guidance = defaults["guidance_scale"] if args.guidance is None else args.guidance
     return pipe, recipe
 
 def _check_source(pipe, image, what):
@@ -259,8 +271,6 @@ def _run_sampling(args):
     prompts = [_prompt(args.prompt)] * args.num_images
     sources = [getattr(args, k) for k in ("image", "mask") if hasattr(args, k)]  # img2img's image, inpaint's image and mask
     outputs = _outputs(args, sources)
-    common = dict(negative_prompt=args.negative, steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
-                  output_type="latent")
     extra = {}
     if args.command in ("img2img", "inpaint"):
         source = open_image(args.image)
@@ -268,7 +278,9 @@ def _run_sampling(args):
     if args.command == "inpaint":
         extra["mask"] = str(args.mask)
         mask = open_image(args.mask, "L")
-    pipe, recipe = _sampling_pipe(args)
+    pipe, recipe = _sampling_pipe(args)  # settles --steps and --guidance too
+    common = dict(negative_prompt=args.negative, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                  scheduler=_scheduler_arg(args.scheduler), output_type="latent")
     start = time.time()
     if args.command == "generate": latents = generate(pipe, prompts, show_progress=True, **common)
     elif args.command == "img2img": latents = img2img(pipe, _check_source(pipe, source, "image"), prompts, args.strength, **common)
@@ -379,13 +391,17 @@ def cli_parser():
     sampling = argparse.ArgumentParser(add_help=False, parents=[model, device, seed, overwrite])
     sampling.add_argument("-o", "--output", required=True, help="the PNG to write (several images: NAME-0.png, NAME-1.png, ...)")
     sampling.add_argument("--negative", default=None, help="negative prompt: what the image should not show")
-    sampling.add_argument("--steps", type=_bounded(int, 1, 1000), default=20, help="sampling steps")
-    sampling.add_argument("--guidance", type=_bounded(float, 0, 50), default=5.0, help="classifier-free guidance scale w (0: unconditional)")
-    sampling.add_argument("--scheduler", default="dpm++", choices=sorted(SCHEDULERS), help="sampler")
+    sampling.add_argument("--steps", type=_bounded(int, 1, 1000), default=None,
+                          help=f"sampling steps (default {SAMPLING_DEFAULTS['steps']}; 4 with --scheduler lcm)")
+    sampling.add_argument("--guidance", type=_bounded(float, 0, 50), default=None,
+                          help=f"classifier-free guidance scale w, 0: unconditional (default {SAMPLING_DEFAULTS['guidance_scale']:g}; 1 with --scheduler lcm)")
     sampling.add_argument("-n", "--num-images", type=_bounded(int, 1, 100), default=1, help="how many images")
     sampling.add_argument("--lora", default=None, help="a LoRA file or folder to apply (e.g. one written by train-lora)")
     sampling.add_argument("--lora-strength", type=_bounded(float, -10, 10), default=1.0, help="the LoRA's strength")
-    sampling.set_defaults(plugins=_option_plugins(sampling))  # before the subcommands copy `sampling`
+    plugins = _option_plugins(sampling)
+    sampling.add_argument("--scheduler", default="dpm++", choices=sorted(SCHEDULERS) + [n for apply in plugins for n in getattr(apply, "schedulers", ())],
+                          help="sampler")
+    sampling.set_defaults(plugins=plugins)  # before the subcommands copy `sampling`
 
     def add(name, help, parents, func):
         p = sub.add_parser(name, help=help, description=help, parents=parents, formatter_class=fmt, epilog=EPILOG)

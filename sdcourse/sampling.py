@@ -7,8 +7,8 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 # %% auto #0
 __all__ = ['SPACINGS', 'SCHEDULERS', 'sampling_timesteps', 'alpha_bar_at', 'predict_x0', 'ddpm_step', 'ddim_step', 'guided_noise',
            'draw_noise', 'seed_generators', 'sigma_at', 'euler_step', 'ScratchScheduler', 'make_scheduler',
-           'image_side', 'unknown_words_message', 'check_generation', 'both_branches', 'text_context', 'denoise',
-           'to_images', 'generate', 'slerp', 'measure_sampling', 'GuidanceWidget']
+           'image_side', 'unknown_words_message', 'prediction_target', 'check_generation', 'both_branches',
+           'text_context', 'denoise', 'to_images', 'generate', 'slerp', 'measure_sampling', 'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time, warnings
@@ -207,13 +207,24 @@ def unknown_words_message(tokenizer, prompts):
     named = ", ".join(f"{w!r} ({word_hint(w)})" if word_hint(w) else repr(w) for w in unknown)
     return f"this model's tokenizer cuts {named} into pieces: its text encoder never learned {them}, and the image may ignore {them}"
 
+def prediction_target(scheduler):
+    """What a model sampled by `scheduler` must predict: its config's `prediction_type` ('epsilon', 'v_prediction', 'sample'), or 'flow velocity'
+    for a flow-matching scheduler (lecture 15), whose config has a `shift` and no prediction type. A model's own scheduler records how it was trained."""
+    config = scheduler.config
+    return config.get("prediction_type") or ("flow velocity" if "shift" in config else "epsilon")
+
 def check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler):
     "Check what every sampling function takes (and warn about words the model never learned); returns (prompts, negatives, scheduler, steps)."
     prompts, negatives = _check_prompts(prompt, negative_prompt)
     message = unknown_words_message(pipe.tokenizer, prompts + negatives)
     if message: warnings.warn(message, stacklevel=3)
+    named = scheduler if isinstance(scheduler, str) else type(scheduler).__name__
     if isinstance(scheduler, str): scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     scheduler = pipe.scheduler if scheduler is None else scheduler
+    wants, trained = prediction_target(scheduler), prediction_target(pipe.scheduler)
+    if wants != trained:  # e.g. DDPM's noise-prediction update on a flow-matching model: every step would go the wrong way
+        raise ValueError(f"scheduler={named!r} samples a model that predicts {wants}, but this model was trained to predict {trained} "
+                         f"(its own scheduler is {type(pipe.scheduler).__name__}): give a scheduler of that kind, or None for its own")
     steps = check_int("steps", steps, 1, scheduler.config["num_train_timesteps"])
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real) or not guidance_scale >= 0:
         error = ValueError if isinstance(guidance_scale, Real) else TypeError
@@ -237,7 +248,8 @@ def denoise(pipe, x, timesteps, context, guidance_scale, scheduler, generator=No
     guided = both_branches(guidance_scale)
     for i, t in enumerate(progress(timesteps, desc="sampling", leave=False) if show_progress else timesteps):
         x_in = torch.cat([x, x]) if guided else x  # one batched UNet call for both branches
-        eps = pipe.unet(scheduler.scale_model_input(x_in, t), t, encoder_hidden_states=context).sample
+        if hasattr(scheduler, "scale_model_input"): x_in = scheduler.scale_model_input(x_in, t)  # flow matching's (lecture 15) has none: x goes in as it is
+        eps = pipe.unet(x_in, t, encoder_hidden_states=context).sample
         if guided:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = guided_noise(eps_uncond, eps_cond, guidance_scale)
@@ -269,7 +281,7 @@ def generate(pipe, prompt, negative_prompt=None, steps=20, guidance_scale=5.0, s
     # 2. the timesteps, and x_T ~ N(0, I) scaled to the scheduler's first noise level
     scheduler.set_timesteps(steps, device=unet.device)
     x = draw_noise((len(prompts), unet.config.in_channels, height // factor, width // factor), generator, unet.device, unet.dtype)
-    x = x * scheduler.init_noise_sigma
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching (lecture 15) starts from the noise itself
     # 3. denoise: predict the noise for both branches, guide, step; 4. decode
     x = denoise(pipe, x, scheduler.timesteps, context, guidance_scale, scheduler, generator, eta, show_progress=show_progress)
     return to_images(pipe.vae, x, output_type)

@@ -21,7 +21,7 @@ def git_status():
 def test_lectures_with_long_trainings_run_all_quickly_and_write_nothing(tmp_path):
     before, status = shipped_files(), git_status()
     start = time.time()
-    result = subprocess.run([str(BIN / "nbdev-test"), "--flags", "slow", "--n-workers", "2", "--file-re", r"^(03|07|08|10|12|13|14)_.*\.ipynb$"],
+    result = subprocess.run([str(BIN / "nbdev-test"), "--flags", "slow", "--n-workers", "2", "--file-re", r"^(03|07|08|10|12|13|14|15)_.*\.ipynb$"],
                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "SDCOURSE_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"})
     seconds = time.time() - start
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

@@ -27,7 +27,9 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_offline(tmp_path):
     assert not [n for n in names if n.endswith(".ipynb") or n.startswith("tests/")]
     for shipped in ("sdcourse/shipped/sdcourse-tiny/unet/diffusion_pytorch_model.safetensors",
                     "sdcourse/shipped/lectures/10_lora/stars/pytorch_lora_weights.safetensors",
-                    "sdcourse/shipped/sdcourse-tiny-controlnet/diffusion_pytorch_model.safetensors"):
+                    "sdcourse/shipped/sdcourse-tiny-controlnet/diffusion_pytorch_model.safetensors",
+                    "sdcourse/shipped/sdcourse-tiny-lcm-lora/pytorch_lora_weights.safetensors",
+                    "sdcourse/shipped/lectures/15_fewer_steps/flow-unet/diffusion_pytorch_model.safetensors"):
         assert shipped in names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl", ".ckpt"))]  # safetensors only
     megabytes = wheel.stat().st_size / 1e6
@@ -54,3 +56,5 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_offline(tmp_path):
     run([python, "-c", "from sdcourse.control import mask_image; from sdcourse.data import example_mask; mask_image(example_mask(0)).save('mask.png')"], cwd=empty, env=env)
     run([sdcourse, "generate", "a blue circle", "--control", "mask.png", "-o", "steered.png"], cwd=empty, env=env)  # lecture 14's option, through the wheel's entry points
     assert (empty / "steered.png").is_file()
+    run([sdcourse, "generate", "a blue circle", "--scheduler", "lcm", "-o", "fast.png"], cwd=empty, env=env)  # lecture 15's LCM-LoRA, from the wheel
+    assert (empty / "fast.png").is_file()
