@@ -6,11 +6,11 @@ Docs: https://sdcourse.github.io/sdcourse/fewer_steps.html.md"""
 
 # %% auto #0
 __all__ = ['SIGMA_DATA', 'TIMESTEP_SCALING', 'ORIGINAL_STEPS', 'LCM_GUIDANCE', 'LCM_TARGETS', 'LCM_LORA', 'VALIDATION_SEED',
-           'FLOW_UNET', 'LCM_STEPS', 'consistency_scalings', 'consistency_output', 'solver_timesteps', 'lcm_timesteps',
-           'ScratchLCMScheduler', 'lcm_batch', 'teacher_step', 'pseudo_huber', 'consistency_loss', 'lcm_validation',
-           'distill_lcm', 'flow_interpolate', 'flow_loss', 'flow_sigmas', 'ScratchFlowScheduler', 'flow_adherence_eval',
-           'train_flow_unet', 'load_flow_pipeline', 'lcm_lora_path', 'with_lcm', 'few_step_models', 'measure_steps',
-           'add_lcm_option']
+           'FLOW_UNET', 'METRIC_SETTINGS', 'LCM_STEPS', 'consistency_scalings', 'consistency_output',
+           'solver_timesteps', 'lcm_timesteps', 'ScratchLCMScheduler', 'lcm_batch', 'teacher_step', 'pseudo_huber',
+           'consistency_loss', 'lcm_validation', 'distill_lcm', 'flow_interpolate', 'flow_loss', 'flow_sigmas',
+           'ScratchFlowScheduler', 'flow_adherence_eval', 'train_flow_unet', 'load_flow_pipeline', 'lcm_lora_path',
+           'with_lcm', 'few_step_models', 'measure_steps', 'measure_metrics', 'add_lcm_option']
 
 # %% ../nbs/15_fewer_steps.ipynb #881bf4e3
 import copy, warnings
@@ -22,10 +22,12 @@ import torch.nn.functional as F
 
 from .core import check_int, get_device, shipped_path
 from .data import eval_prompts, grader_accuracy
+from .evaluation import evaluate_images, real_images
 from .lora import TARGETS, add_lora, check_lora_fits, load_lora, set_lora_strengths
 from .pipeline import _where
 from .sampling import both_branches, draw_noise, euler_step, generate, guided_noise, measure_sampling, predict_x0
 from .schedules import SCHEDULER_CONFIG, scaled_linear_betas
+from .text import load_mini_clip
 from .training import ema_unet, load_pipeline, make_pipeline, train_unet, training_batch
 from .unet import make_unet
 
@@ -253,6 +255,22 @@ def measure_steps(models, steps=(1, 2, 4, 8, 20), n=200, seed=0):
                 results[f"{name}, {k}, {split}"] = dict(model=name, steps=k, split=split, unet_calls=k * (2 if both_branches(guidance_scale) else 1), **scores)
     return results
 
+# %% ../nbs/15_fewer_steps.ipynb #15037b88
+METRIC_SETTINGS = (("teacher, DPM-Solver++", 20), ("teacher, DPM-Solver++", 4), ("LCM", 4), ("LCM-LoRA", 4), ("flow matching, Euler", 8),
+                   ("flow matching, Euler", 4))  # (model, steps) pairs worth lecture 12's metrics
+
+def measure_metrics(models, settings=METRIC_SETTINGS, n=200, seed=0):
+    "Lecture 12's metrics (grader, CLIP score, FID and KID against 1,000 fresh course images, diversity) of `models` at the (model name, steps) `settings` present in `models`, on `n` test captions."
+    prompts, clip, tokenizer = eval_prompts(n), *load_mini_clip()
+    reference = real_images(1000)[0]
+    results = {}
+    for name, steps in settings:
+        if name not in models: continue
+        pipe, scheduler, guidance_scale = models[name]
+        images = generate(pipe, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed, scheduler=scheduler)
+        results[f"{name}, {steps}"] = dict(model=name, steps=steps, **evaluate_images(images, prompts, reference, clip, tokenizer))
+    return results
+
 # %% ../nbs/15_fewer_steps.ipynb #e8553ba8
 LCM_STEPS = (1, 8)  # the step counts worth asking the LCM-LoRA for: chosen at 4, no gain past 8 (the lecture's table)
 
@@ -269,8 +287,8 @@ def add_lcm_option(parser):
             warnings.warn(f"--steps {steps} with --scheduler lcm: the LCM-LoRA was chosen at 4 steps and gains nothing past "
                           f"{LCM_STEPS[1]} (lecture 15 measures it); more steps only re-noise the image more often")
         if guidance is not None and guidance > 1:
-            warnings.warn(f"--guidance {guidance:g} with --scheduler lcm: guidance 5 is already distilled into the LCM-LoRA, and guiding again "
-                          "doubles the UNet calls and oversaturates; leave --guidance out (1)")
+            warnings.warn(f"--guidance {guidance:g} with --scheduler lcm: guidance 5 is already distilled into the LCM-LoRA; guiding again doubles "
+                          "the UNet evaluations and guides twice, which it was not distilled for; leave --guidance out (1)")
         others = {"lora": options.get("lora_strength", 1.0)} if options.get("lora") else {}
         folder = options.get("lcm_lora") or None  # the recipe names the course's own by its folder name
         with_lcm(pipe, None if folder == LCM_LORA else folder, others)

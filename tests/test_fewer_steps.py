@@ -10,7 +10,7 @@ from sdcourse.data import eval_prompts
 from sdcourse.exercises import check_consistency_scalings
 from sdcourse.fewer_steps import (FLOW_UNET, LCM_LORA, VALIDATION_SEED, ScratchFlowScheduler, ScratchLCMScheduler, add_lcm_option, consistency_loss,
                                   consistency_output, consistency_scalings, distill_lcm, flow_interpolate, flow_loss, flow_sigmas, lcm_batch,
-                                  lcm_timesteps, load_flow_pipeline, measure_steps, solver_timesteps, teacher_step, train_flow_unet, with_lcm)
+                                  lcm_timesteps, load_flow_pipeline, measure_metrics, measure_steps, solver_timesteps, teacher_step, train_flow_unet, with_lcm)
 from sdcourse.pipeline import main, png_info, reproduce
 from sdcourse.sampling import generate, measure_sampling
 from sdcourse.schedules import NoiseSchedule
@@ -157,6 +157,9 @@ def test_few_steps_are_measured_for_every_model(pipe, lcm_pipe, flow_pipe):
     assert len(results) == 3 * 2 * 2
     assert results["teacher, 4, train"]["unet_calls"] == 8 and results["LCM-LoRA, 4, train"]["unet_calls"] == 4
     assert results["LCM-LoRA, 4, train"]["all"] > results["teacher, 4, train"]["all"]  # the point of distillation
+    metrics = measure_metrics({"LCM-LoRA": (lcm_pipe, None, 1.0), "teacher": (pipe, "dpm++", 5.0)}, settings=(("LCM-LoRA", 4), ("teacher", 20), ("LCM", 4)), n=20)
+    assert set(metrics) == {"LCM-LoRA, 4", "teacher, 20"}  # a setting whose model is not given is left out
+    assert metrics["LCM-LoRA, 4"]["grader_all"] >= 0.8 and metrics["LCM-LoRA, 4"]["images"] == 20 and 0 < metrics["teacher, 20"]["diversity"] < 2
     flow_record = json.loads((shipped_path(*FLOW_UNET) / "training.json").read_text())
     assert flow_record["steps"] == 3500 and flow_record["history"][-1]["train_all"] >= 0.9
 
