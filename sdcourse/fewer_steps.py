@@ -283,6 +283,9 @@ def add_lcm_option(parser):
             if options.get("lcm_lora"): raise ValueError("--lcm-lora needs --scheduler lcm, the sampler it was distilled for")
             return {}
         steps, guidance = options.get("steps"), options.get("guidance", options.get("guidance_scale"))
+        if steps is not None and steps > ORIGINAL_STEPS:
+            raise ValueError(f"--steps {steps} with --scheduler lcm: LCM samples on the {ORIGINAL_STEPS} timesteps it was distilled on, so it takes "
+                             f"1 to {ORIGINAL_STEPS} steps (4 when left out)")
         if steps is not None and not LCM_STEPS[0] <= steps <= LCM_STEPS[1]:
             warnings.warn(f"--steps {steps} with --scheduler lcm: the LCM-LoRA was chosen at 4 steps and gains nothing past "
                           f"{LCM_STEPS[1]} (lecture 15 measures it); more steps only re-noise the image more often")

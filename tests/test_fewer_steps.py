@@ -204,6 +204,8 @@ def test_cli_bad_lcm_input(tmp_path, capsys):
     assert "--lcm-lora needs --scheduler lcm" in capsys.readouterr().err
     assert main(["generate", "a red circle", "--scheduler", "lcm", "--lcm-lora", str(tmp_path), "-o", str(tmp_path / "b.png")]) == 1
     assert "no LoRA file" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--scheduler", "lcm", "--steps", "60", "-o", str(tmp_path / "c.png")]) == 1
+    assert "--steps 60 with --scheduler lcm: LCM samples on the 50 timesteps it was distilled on, so it takes 1 to 50 steps" in capsys.readouterr().err
     assert not list(tmp_path.glob("?.png"))
 
 
