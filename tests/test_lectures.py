@@ -36,3 +36,16 @@ def test_lecture_times_benchmark_times_a_lecture_and_fails_past_its_limit(tmp_pa
     assert ok.returncode == 0 and "| 00_core.ipynb |" in ok.stdout and "| **all 1** |" in ok.stdout, ok.stdout + ok.stderr
     over = subprocess.run([sys.executable, script, "--only", "00", "--limit", "0.5"], capture_output=True, text=True, env=env)
     assert over.returncode == 1 and "over 0 s: 00_core.ipynb" in over.stderr, over.stderr
+
+
+def test_slow_cells_hold_no_import_line():
+    """The site build (`nbdev-proc-nbs`) runs every cell that holds an import line, whatever its flags: a `#| slow` cell with one would
+    start a long training while the site builds, or fail there (RETRAIN is defined in a cell it skips). Imports go in the hidden import cell."""
+    import json, re
+    offenders = []
+    for path in sorted((ROOT / "nbs").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and re.search(r"^#\|\s*slow", source, re.M):
+                offenders += [f"{path.name} cell {i}: {line.strip()}" for line in source.splitlines() if re.match(r"\s*(from\s+\S+\s+)?import\s", line)]
+    assert not offenders, "slow cells with import lines: " + "; ".join(offenders)
