@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--record", default=None, help="also write the measurements to this JSON file")
     args = parser.parse_args()
     device, bs = get_device(args.device), args.batch_size
-    vae, (tokenizer, text_encoder) = load_vae(device=device), load_text_encoder(device=device)
+    vae, (text_encoder, tokenizer) = load_vae(device=device), load_text_encoder(device=device)
     cache = cache_training_data(vae, text_encoder, tokenizer, n_images=1024)
     images = dataset_images(1024)
     unet, schedule = make_unet().to(device).train(), NoiseSchedule.named("scaled_linear", device=device)

@@ -28,7 +28,7 @@ def main():
     device = get_device(args.device)
     vae = load_vae(device=device)
     print(f"sdcourse-tiny VAE on {device} ({torch.get_num_threads()} CPU threads), 64x64 images <-> 4x8x8 latents")
-    print(f"| batch | encode images/s | decode images/s |\n|---|---|---|")
+    print("| batch | encode images/s | decode images/s |\n|---|---|---|")
     rows = []
     for batch in (1, 16, 32, 48, 64):
         x = torch.rand(batch, 3, 64, 64, device=device) * 2 - 1

@@ -79,7 +79,7 @@ class CrossAttentionProbe(nn.Module):
         return (logits, scores) if return_scores else logits
 
 @torch.no_grad()
-def make_probe_data(vae, tokenizer, text_encoder, n=1024, seed=0):
+def make_probe_data(vae, text_encoder, tokenizer, n=1024, seed=0):
     "`n` pairs of course images side by side, their latents, a caption naming one object ('a red circle'), its encoding, and that object's mask at latent resolution."
     from sdcourse.text import encode_prompts  # here, not at the top: importing attention (and the UNet) needs neither the VAE nor the text encoder
     from sdcourse.vae import encode_images

@@ -27,7 +27,7 @@ from .data import POSITIONS, SHAPES, SIZES, estimate_alpha, example_mask, grader
 from .pipeline import _bounded, _where, open_image
 from .sampling import generate, image_side
 from .training import batch_indices, cache_training_data, ema_unet, train_unet, training_batch
-from .unet import DownBlock, MidBlock, TimestepMLP, scratch_sizes, timestep_embedding
+from .unet import BlockConfig, TimestepMLP, down_path, scratch_sizes, timestep_embedding
 
 # %% ../nbs/14_control.ipynb #fe4a493d
 def mask_image(coverage):
@@ -89,15 +89,12 @@ class ScratchControlNet(nn.Module):
     def __init__(self, in_channels=4, block_out_channels=(32, 64, 64), attention=(True, True, False), layers_per_block=1, heads=4, context_dim=64,
                  groups=16, control_channels=CONTROL_CHANNELS):
         super().__init__()
-        n, c0, time_dim = len(block_out_channels), block_out_channels[0], 4 * block_out_channels[0]
+        c0, time_dim = block_out_channels[0], 4 * block_out_channels[0]
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.time_embedding = TimestepMLP(c0, time_dim)
         self.controlnet_cond_embedding = ConditioningEncoder(c0, control_channels)
-        ins = (c0,) + tuple(block_out_channels[:-1])
-        self.down_blocks = nn.ModuleList([DownBlock(ci, co, time_dim, layers_per_block, a, heads, context_dim, groups, downsample=i < n - 1)
-                                          for i, (ci, co, a) in enumerate(zip(ins, block_out_channels, attention))])
+        self.down_blocks, self.mid_block = down_path(block_out_channels, attention, BlockConfig(time_dim, layers_per_block, heads, context_dim, groups))
         self.controlnet_down_blocks = nn.ModuleList([zero_conv(c, c) for c in _skip_channels(block_out_channels, layers_per_block)])
-        self.mid_block = MidBlock(block_out_channels[-1], time_dim, heads, context_dim, groups)
         self.controlnet_mid_block = zero_conv(block_out_channels[-1], block_out_channels[-1])
 
     def forward(self, x, t, context, control, scale=1.0):
@@ -267,7 +264,7 @@ def train_controlnet(pipe, cache, steps=2400, batch_size=64, lr=1e-3, ema_decay=
     Returns `(controlnet, history)`, the ControlNet holding the EMA weights."""
     pipe.unet.requires_grad_(False)
     model = ControlledUNet(pipe.unet, make_controlnet(pipe.unet))
-    ema, history = train_unet(model, cache, steps, batch_size, lr, warmup=min(100, steps // 10 + 1), ema_decay=ema_decay, p_uncond=0.5, seed=seed,
+    ema, history = train_unet(model, cache, steps=steps, batch_size=batch_size, lr=lr, warmup=min(100, steps // 10 + 1), ema_decay=ema_decay, p_uncond=0.5, seed=seed,
                               checkpoint=checkpoint, resume=resume, eval_fn=iou_during_training(pipe) if eval_every else None, eval_every=eval_every,
                               device=device, batch=control_batch, loss_fn=control_loss)
     return ema_unet(model, ema).controlnet, history

@@ -8,12 +8,13 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 __all__ = ['DEVICE_KINDS', 'MANIFEST', 'check_int', 'check_number', 'check_choice', 'available_devices', 'get_device',
            'seed_everything', 'make_generator', 'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit',
            'image_row', 'show_images', 'rendering_page', 'progress', 'cache_dir', 'results_path', 'quiet_libraries',
-           'temporary_sibling', 'save_tensors', 'save_weights', 'read_safetensors', 'load_weights', 'write_manifest',
-           'foreign_files', 'manifest_kind', 'check_output_folder', 'replace_folder', 'save_pretrained_atomic',
-           'shipped_path']
+           'temporary_sibling', 'atomic_file', 'write_json', 'save_tensors', 'save_weights', 'read_safetensors',
+           'load_weights', 'write_manifest', 'foreign_files', 'manifest_kind', 'check_output_folder', 'replace_folder',
+           'save_pretrained_atomic', 'shipped_path']
 
 # %% ../nbs/00_core.ipynb #1f46a43a
 import json, os, random, shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -186,18 +187,30 @@ def temporary_sibling(path, kind="tmp"):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
 
-def save_tensors(tensors, path, metadata=None):
-    "Save a dict of tensors to `path` as safetensors, atomically (write a temporary file, then rename)."
-    from safetensors.torch import save_file
+@contextmanager
+def atomic_file(path):
+    """`with atomic_file(path) as tmp:` write to `tmp`; when the block ends it is renamed onto `path` in one step, so a reader sees the old
+    file or the new one, never half of one. An error or Ctrl-C inside the block leaves `path` as it was and no temporary file behind.
+    Every file sdcourse writes goes through here (folders through `replace_folder`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     try:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        yield tmp
         os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)  # an error or Ctrl-C leaves nothing half-written behind
-    return path
+    finally: tmp.unlink(missing_ok=True)
+
+def write_json(record, path):
+    "Write `record` (a results table, a training record) to `path` as indented JSON, atomically."
+    with atomic_file(path) as tmp: tmp.write_text(json.dumps(record, indent=1))
+    return Path(path)
+
+def save_tensors(tensors, path, metadata=None):
+    "Save a dict of tensors to `path` as safetensors, atomically."
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_file(path) as tmp: save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return Path(path)
 
 def save_weights(module, path, metadata=None):
     "Save `module`'s state dict to `path` as safetensors, atomically."

@@ -7,10 +7,10 @@ Docs: https://sdcourse.github.io/sdcourse/data.html.md"""
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS', 'HELDOUT_COMBOS', 'SPLITS', 'SUPERSAMPLE',
            'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'FILLER_WORDS', 'CAPTION_WORDS', 'NEAR_WORDS',
-           'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes', 'shape_mask', 'render_with_mask', 'render', 'make_caption',
-           'sample_attributes', 'make_example', 'example_mask', 'ShapesDataset', 'parse_caption', 'word_hint',
-           'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy', 'entropy_bits',
-           'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset']
+           'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes', 'shape_mask', 'jitter', 'render_with_mask', 'render',
+           'make_caption', 'sample_attributes', 'make_example', 'example_caption', 'example_mask', 'ShapesDataset',
+           'parse_caption', 'word_hint', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy',
+           'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
 import csv, json, math, re
@@ -76,16 +76,20 @@ def shape_mask(shape, cx, cy, d, size):
     return np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32) / 255.0
 
 # %% ../nbs/01_data.ipynb #e8fcf18e
-def render_with_mask(attrs, size=64, rng=None):
-    "Draw `attrs` as a `size` x `size` RGB image; `rng` (a NumPy Generator) adds jitter to place, size and colour. Returns the image and the shape's exact coverage [size, size] in [0, 1]."
-    size = _check_image_size(size)
-    rng = rng if rng is not None else np.random.default_rng(0)
+def jitter(attrs, size, rng):
+    "The random part of drawing `attrs`, drawn from `rng`: the shape's diameter and centre in pixels, its colour and the background's, as RGB."
     lo, hi = SIZES[attrs.size]
     d = rng.uniform(lo, hi) * size
     px, py = POSITIONS[attrs.position]
     cx, cy = [np.clip((p + rng.uniform(-0.04, 0.04)) * size, d / 2 + 1, size - d / 2 - 1) for p in (px, py)]
     fg = np.clip(np.array(COLOURS[attrs.colour]) + rng.integers(-12, 13, 3), 0, 255)
     bg = np.clip(np.array(BACKGROUNDS[attrs.background]) + rng.integers(-6, 7, 3), 0, 255)
+    return d, cx, cy, fg, bg
+
+def render_with_mask(attrs, size=64, rng=None):
+    "Draw `attrs` as a `size` x `size` RGB image; `rng` (a NumPy Generator) adds jitter to place, size and colour. Returns the image and the shape's exact coverage [size, size] in [0, 1]."
+    size = _check_image_size(size)
+    d, cx, cy, fg, bg = jitter(attrs, size, rng if rng is not None else np.random.default_rng(0))
     a = shape_mask(attrs.shape, cx, cy, d, size)
     return Image.fromarray(np.round(bg * (1 - a[..., None]) + fg * a[..., None]).astype(np.uint8), "RGB"), a
 
@@ -135,6 +139,13 @@ def make_example(index, split="train", seed=0, size=64):
     rng = _example_rng(index, split, seed)
     attrs = sample_attributes(rng, split)
     return render(attrs, size, rng), make_caption(attrs, rng), attrs
+
+def example_caption(index, split="train", seed=0):
+    "The caption of `make_example(index, split, seed)`, without drawing its image: the same random draws, no pixels."
+    rng = _example_rng(index, split, seed)
+    attrs = sample_attributes(rng, split)
+    jitter(attrs, 64, rng)  # the draws the image would take: the caption comes after them
+    return make_caption(attrs, rng)
 
 def example_mask(index, split="train", seed=0, size=64):
     "The exact coverage [size, size] in [0, 1] of the shape in `make_example(index, split, seed, size)`'s image (lecture 14's control images)."
@@ -293,7 +304,7 @@ def entropy_bits(values):
 
 def eval_prompts(n=200, split="train", seed=1):
     "`n` captions of `split` that no model trains on (seed 1): the course's adherence test set."
-    return [make_example(i, split, seed)[1] for i in range(check_int("n", n, 1))]
+    return [example_caption(i, split, seed) for i in range(check_int("n", n, 1))]
 
 # %% ../nbs/01_data.ipynb #3be61205
 SPEC_FILE = "sdcourse_dataset.json"

@@ -9,8 +9,8 @@ __all__ = ['SIGMA_DATA', 'TIMESTEP_SCALING', 'ORIGINAL_STEPS', 'LCM_GUIDANCE', '
            'FLOW_UNET', 'METRIC_SETTINGS', 'LCM_STEPS', 'consistency_scalings', 'consistency_output',
            'solver_timesteps', 'lcm_timesteps', 'ScratchLCMScheduler', 'lcm_batch', 'teacher_step', 'pseudo_huber',
            'consistency_loss', 'lcm_validation', 'distill_lcm', 'flow_interpolate', 'flow_loss', 'flow_sigmas',
-           'ScratchFlowScheduler', 'flow_adherence_eval', 'train_flow_unet', 'load_flow_pipeline', 'lcm_lora_path',
-           'with_lcm', 'few_step_models', 'measure_steps', 'measure_metrics', 'add_lcm_option']
+           'ScratchFlowScheduler', 'train_flow_unet', 'load_flow_pipeline', 'lcm_lora_path', 'with_lcm',
+           'few_step_models', 'measure_steps', 'measure_metrics', 'add_lcm_option']
 
 # %% ../nbs/15_fewer_steps.ipynb #881bf4e3
 import copy, warnings
@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from .core import check_int, get_device, shipped_path
-from .data import eval_prompts, grader_accuracy
+from .data import eval_prompts
 from .evaluation import evaluate_images, real_images
 from .lora import TARGETS, add_lora, check_lora_fits, load_lora, set_lora_strengths
 from .pipeline import _where
-from .sampling import both_branches, draw_noise, euler_step, generate, guided_noise, measure_sampling, predict_x0
-from .schedules import SCHEDULER_CONFIG, scaled_linear_betas
+from .sampling import both_branches, draw_noise, euler_step, generate, guided_noise, measure_sampling, predict_x0, sampling_eval
+from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import load_mini_clip
 from .training import ema_unet, load_pipeline, make_pipeline, train_unet, training_batch
 from .unet import make_unet
@@ -64,8 +64,7 @@ class ScratchLCMScheduler:
 
     def __init__(self, config=None, original_steps=ORIGINAL_STEPS):
         self.config = {**SCHEDULER_CONFIG, **(config or {})}
-        c = self.config
-        self.alpha_bar = torch.cumprod(1 - scaled_linear_betas(c["num_train_timesteps"], c["beta_start"], c["beta_end"]), 0)  # [T]
+        self.alpha_bar = NoiseSchedule.from_config(self.config, "cpu").alpha_bar  # [T], lecture 2's
         self.original_steps = original_steps
 
     def set_timesteps(self, steps, device=None):
@@ -122,19 +121,25 @@ LCM_LORA = "sdcourse-tiny-lcm-lora"  # the shipped LCM-LoRA's folder, beside sdc
 VALIDATION_SEED = 2  # captions for choosing when to stop: neither the training images' (seed 0) nor the test set's (seed 1, `eval_prompts`)
 
 def lcm_validation(pipe, n=100, steps=4):
-    "An `eval_fn` for `distill_lcm`: the grader on `n` validation captions of the training pairs (seed 2), drawn by the student in `steps` LCM steps without guidance."
-    prompts = eval_prompts(n, "train", seed=VALIDATION_SEED)
-    def eval_fn(unet):
-        student = make_pipeline(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, ScratchLCMScheduler(dict(pipe.scheduler.config)))
-        return {f"validation_{k}": v for k, v in grader_accuracy(generate(student, prompts, steps=steps, guidance_scale=1.0), prompts).items()}
-    return eval_fn
+    "An `eval_fn` for `distill_lcm` (lecture 8's `sampling_eval`): the grader on `n` validation captions of the training pairs, drawn by the student in `steps` LCM steps without guidance."
+    return sampling_eval(pipe, ScratchLCMScheduler(dict(pipe.scheduler.config)), steps, 1.0, {"validation": eval_prompts(n, "train", seed=VALIDATION_SEED)})
 
-def distill_lcm(teacher, cache, steps=1000, lora_rank=None, batch_size=64, lr=None, guidance_scale=LCM_GUIDANCE, seed=0, ema_decay=0.99,
-                checkpoint=None, resume=False, eval_fn=None, eval_every=None, device=None):
-    """Latent consistency distillation of `teacher` (a noise-predicting UNet, left unchanged) on lecture 7's training `cache`: a copy of the whole UNet,
-    or with `lora_rank` a LoRA on it (LCM-LoRA). `lr` defaults to 1e-5 for the whole UNet, 1e-4 for a LoRA. Returns `(student with EMA weights, history)`:
-    with an `eval_fn` that scores "validation_all" (`lcm_validation`), the weights of the best evaluation (early stopping; a resumed run chooses
-    among the evaluations made after it resumed), else the last ones."""
+def distill_lcm(teacher,                      # a noise-predicting UNet (sdcourse-tiny's), left unchanged
+                cache,                        # lecture 7's training cache
+                steps=1000,                   # optimizer steps
+                lora_rank=None,               # None distils a copy of the whole UNet (LCM); a rank trains a LoRA on it (LCM-LoRA)
+                batch_size=64,                # images per step
+                lr=None,                      # None: 1e-5 for the whole UNet, 1e-4 for a LoRA
+                guidance_scale=LCM_GUIDANCE,  # the teacher's guidance, folded into the student
+                seed=0,                       # seeds the batches, the noise and the LoRA's initial weights
+                ema_decay=0.99,               # the EMA of the student's weights, which the targets come from too
+                checkpoint=None,              # a safetensors file to save to (and resume from)
+                resume=False,                 # continue the run saved in `checkpoint`
+                eval_fn=None,                 # scores "validation_all" every `eval_every` steps (`lcm_validation`): early stopping
+                eval_every=None,              # steps between evaluations
+                device=None):                 # None: CUDA, then MPS, then the CPU
+    """Latent consistency distillation of `teacher` on `cache`. Returns `(student with EMA weights, history)`: with an `eval_fn`, the weights
+    of the best evaluation (a resumed run chooses among the evaluations made after it resumed), else the last ones."""
     teacher = teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher)
     if lora_rank is None: student.requires_grad_(True)
@@ -145,7 +150,7 @@ def distill_lcm(teacher, cache, steps=1000, lora_rank=None, batch_size=64, lr=No
         scores = eval_fn(unet)
         if scores.get("validation_all", -1.0) > best["score"]: best.update(score=scores["validation_all"], weights=copy.deepcopy(unet.state_dict()))
         return scores
-    ema, history = train_unet(student, cache, steps, batch_size, lr, warmup=min(100, steps // 5 + 1), ema_decay=ema_decay, p_uncond=0.0, seed=seed,
+    ema, history = train_unet(student, cache, steps=steps, batch_size=batch_size, lr=lr, warmup=min(100, steps // 5 + 1), ema_decay=ema_decay, p_uncond=0.0, seed=seed,
                               checkpoint=checkpoint, resume=resume, eval_fn=keep_best if eval_fn else None, eval_every=eval_every, device=device,
                               batch=lcm_batch, loss_fn=consistency_loss(teacher.to(get_device(device)), guidance_scale))
     student = ema_unet(student, ema)
@@ -187,20 +192,11 @@ class ScratchFlowScheduler:
 # %% ../nbs/15_fewer_steps.ipynb #3bccf476
 FLOW_UNET = ("lectures", "15_fewer_steps", "flow-unet")  # the shipped flow-matching UNet, beside this lecture's records
 
-def flow_adherence_eval(pipe, n=100, steps=20, guidance_scale=5.0):
-    "An `eval_fn` for `train_unet` on a flow model: the grader on `n` held-back captions of the training and held-out pairs, `steps` Euler steps."
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    def eval_fn(unet):
-        model = make_pipeline(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, FlowMatchEulerDiscreteScheduler())
-        return {f"{split}_{k}": v for split in ("train", "heldout")
-                for k, v in measure_sampling(model, None, steps, guidance_scale, n, split).items() if k not in ("latent_std", "clipped")}
-    return eval_fn
-
 def train_flow_unet(cache, steps=3500, batch_size=128, lr=1e-3, seed=0, checkpoint=None, resume=False, eval_fn=None, eval_every=None, device=None):
     "Lecture 7's sdcourse-tiny recipe with the flow-matching objective: a new `make_unet()` trained on `cache`; returns `(UNet with EMA weights, history)`."
     torch.manual_seed(seed)
     unet = make_unet()
-    ema, history = train_unet(unet, cache, steps, batch_size, lr, seed=seed, checkpoint=checkpoint, resume=resume, eval_fn=eval_fn,
+    ema, history = train_unet(unet, cache, steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint=checkpoint, resume=resume, eval_fn=eval_fn,
                               eval_every=eval_every, device=device, loss_fn=flow_loss)
     return ema_unet(unet, ema), history
 

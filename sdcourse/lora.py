@@ -12,14 +12,14 @@ __all__ = ['TARGETS', 'CONCEPT_WORD', 'LORA_FILE', 'LoRALinear', 'lora_parameter
            'set_lora_strengths', 'negative_cache', 'background_flipped']
 
 # %% ../nbs/10_lora.ipynb #2282efe7
-import math, os, re, tempfile, time
+import math, re, time
 from numbers import Real
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .core import check_int, read_safetensors
+from .core import atomic_file, check_int, read_safetensors
 from .data import course_dataset, eval_prompts, grade, grader_accuracy
 from .sampling import generate
 from .training import cache_training_data, images_cache, train_unet
@@ -116,7 +116,7 @@ def with_prior(concept, prior, repeat=10):
 def finetune(unet, cache, steps=1000, lr=1e-2, batch_size=20, seed=0, device=None):
     "Algorithm 1 on a few cached images, training only the parameters that require grad (a LoRA, or the whole UNet); returns (seconds, history)."
     start = time.time()
-    _, history = train_unet(unet, cache, steps, batch_size, lr, warmup=min(50, steps // 10 + 1), ema_decay=0.0, seed=seed, device=device)
+    _, history = train_unet(unet, cache, steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10 + 1), ema_decay=0.0, seed=seed, device=device)
     return time.time() - start, history
 
 CONCEPT_WORD = "star"  # how the dataset's captions name the new concept
@@ -179,10 +179,9 @@ def save_lora(unet, path, adapter_name="default", overwrite=False):
     from peft.utils import get_peft_model_state_dict
     path = lora_output(path, overwrite)
     path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path) as tmp:
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=adapter_name),
+    with atomic_file(path / LORA_FILE) as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp.parent, weight_name=tmp.name, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=adapter_name),
                                                   unet_lora_adapter_metadata=unet.peft_config[adapter_name].to_dict())
-        os.replace(Path(tmp) / LORA_FILE, path / LORA_FILE)
     return path / LORA_FILE
 
 def lora_file(path):

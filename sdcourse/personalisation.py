@@ -45,7 +45,7 @@ def init_row(tokenizer, init_word):
     if len(ids) != 1: raise ValueError(f"init_word must be a word the tokenizer keeps whole (one token), got {init_word!r} ({len(ids)} tokens)")
     return ids[0]
 
-def add_token(tokenizer, text_encoder, token, init_word=None):
+def add_token(text_encoder, tokenizer, token, init_word=None):
     """Add `token` to `tokenizer` as one new word and give it a row in `text_encoder`'s embedding table, [V, D] -> [V + 1, D]:
     a copy of `init_word`'s row, or zeros. Returns the new row's index."""
     check_new_token(tokenizer, token)
@@ -71,7 +71,7 @@ def textual_inversion(pipe, cache, token=PLACEHOLDER, init_word="diamond", steps
     lr = check_number("lr", lr, 0, 1, open_low=True)
     if not any(token in c for c in cache["captions"]):
         raise ValueError(f"no caption in the cache uses the token {token!r}; write it where the concept's name goes (e.g. 'a red {token}')")
-    row = add_token(pipe.tokenizer, pipe.text_encoder, token, init_word)
+    row = add_token(pipe.text_encoder, pipe.tokenizer, token, init_word)
     table = pipe.text_encoder.get_input_embeddings().weight  # [V + 1, D]
     for part in (pipe.unet, pipe.vae, pipe.text_encoder): part.requires_grad_(False)
     table.requires_grad_(True)
@@ -115,7 +115,7 @@ def load_embedding(pipe, path, token=None):
     "Teach `pipe` the word in a textual-inversion file (under `token`, else the file's own): a new token whose row is the file's vector. Returns the token."
     file_token, vector = read_embedding(path, pipe.text_encoder.get_input_embeddings().weight.shape[1])
     token = token or file_token
-    row = add_token(pipe.tokenizer, pipe.text_encoder, token)
+    row = add_token(pipe.text_encoder, pipe.tokenizer, token)
     with torch.no_grad(): pipe.text_encoder.get_input_embeddings().weight[row] = vector.to(pipe.text_encoder.dtype)
     return token
 

@@ -20,14 +20,14 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from . import __version__
-from .core import (check_output_folder, get_device, pil_to_tensor, quiet_libraries, replace_folder, save_pretrained_atomic, shipped_path,
-                   temporary_sibling, unit_to_signed)
+from .core import (check_output_folder, get_device, pil_to_tensor, quiet_libraries, replace_folder, save_pretrained_atomic, atomic_file,
+                   unit_to_signed)
 from .data import SPLITS, export_imagefolder, grade, load_imagefolder
 from .img2img import img2img, inpaint
 from .lora import LORA_FILE, add_lora, concept_cache, finetune, load_lora, save_lora, set_lora_strengths
 from .sampling import SCHEDULERS, generate, image_side, to_images
 from .text import train_course_text_encoder
-from .training import images_cache, train_course_unet
+from .training import images_cache, load_pipeline, train_course_unet
 from .vae import downsample_factor, train_course_vae
 
 # %% ../nbs/11_pipeline.ipynb #88817f18
@@ -62,9 +62,9 @@ def load_sd(model=None, device=None, dtype=None):
     from diffusers import StableDiffusionPipeline
     device = get_device(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    load = lambda source, **kw: StableDiffusionPipeline.from_pretrained(source, use_safetensors=True, **kw)  # never a pickle
+    load = lambda source, **kw: StableDiffusionPipeline.from_pretrained(source, use_safetensors=True, **kw)  # a hub id; never a pickle
     model = DEFAULT_MODEL if model is None else str(model)
-    if model == DEFAULT_MODEL: pipe = load(shipped_path("sdcourse-tiny"))
+    if model == DEFAULT_MODEL: pipe = load_pipeline(device=device)
     elif Path(model).expanduser().is_dir():
         if not (Path(model).expanduser() / "model_index.json").is_file():
             raise ValueError(f"model={model!r} is a folder but not a diffusers pipeline (no model_index.json); pass a folder written by "
@@ -75,7 +75,7 @@ def load_sd(model=None, device=None, dtype=None):
                 found = ", ".join(sorted(p.name for p in (folder / part).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))) or "no weights"
                 raise ValueError(f"model={model!r}: its {part} folder holds no .safetensors weights ({found}); sdcourse loads safetensors only and never "
                                  "unpickles a file: convert it with save_pretrained(..., safe_serialization=True) where you trust its source")
-        pipe = load(folder)
+        pipe = load_pipeline(folder, device)
     elif HUB_ID.fullmatch(model):
         try: pipe = load(model, local_files_only=True)  # downloaded before: no network needed
         except (OSError, ValueError):
@@ -145,11 +145,7 @@ def save_png(image, path, info, overwrite=True):
     meta = PngImagePlugin.PngInfo()
     for key, value in info.items(): meta.add_text(key, str(value))  # readable in any image viewer
     meta.add_text("sdcourse", record)  # exact, for png_info
-    tmp = temporary_sibling(path)
-    try:
-        image.save(tmp, "PNG", pnginfo=meta)
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp: image.save(tmp, "PNG", pnginfo=meta)
     return path
 
 def png_info(path):
@@ -301,7 +297,7 @@ def _training_cache(args, pipe):
     return images_cache(pipe.vae, pipe.text_encoder, pipe.tokenizer, images, ds["text"])
 
 def _run_dataset(args):
-    print(export_imagefolder(args.output, args.n, args.split, args.seed, overwrite=args.overwrite))
+    print(export_imagefolder(args.output, args.n_images, args.split, args.seed, overwrite=args.overwrite))
 
 def _run_train_vae(args):
     _, record = train_course_vae(args.steps, args.n_images, args.output, seed=args.seed, device=args.device, overwrite=args.overwrite)
@@ -418,7 +414,7 @@ def cli_parser():
         p.add_argument("--strength", type=_bounded(float, 0, 1), default=0.6 if name == "img2img" else 1.0, help="how much to change, in [0, 1]")
     p = add("dataset", "export the course dataset as an imagefolder with metadata.csv (lecture 1)", [seed, overwrite], _run_dataset)
     p.add_argument("output", help="a new or empty folder to write")
-    p.add_argument("--n", type=_bounded(int, 1, 100_000), default=1000, help="number of images")
+    p.add_argument("--n-images", type=_bounded(int, 1, 100_000), default=1000, help="how many images (as the training commands' --n-images)")
     p.add_argument("--split", default="train", choices=SPLITS, help="which part of the dataset")
     p = add("train-vae", "train the course's VAE from scratch (lecture 3)", [device, seed, overwrite], _run_train_vae)
     p.add_argument("output", help="a new or empty folder to save the VAE to")

@@ -8,7 +8,8 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 __all__ = ['SPACINGS', 'SCHEDULERS', 'sampling_timesteps', 'alpha_bar_at', 'predict_x0', 'ddpm_step', 'ddim_step', 'guided_noise',
            'draw_noise', 'seed_generators', 'sigma_at', 'euler_step', 'ScratchScheduler', 'make_scheduler',
            'image_side', 'unknown_words_message', 'prediction_target', 'check_generation', 'both_branches',
-           'text_context', 'denoise', 'to_images', 'generate', 'slerp', 'measure_sampling', 'GuidanceWidget']
+           'text_context', 'denoise', 'to_images', 'generate', 'slerp', 'measure_sampling', 'sampling_eval',
+           'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time, warnings
@@ -19,7 +20,7 @@ import torch
 
 from .core import check_choice, check_int, image_row, progress, rendering_page, tensor_to_pil
 from .data import eval_prompts, grader_accuracy, word_hint
-from .schedules import SCHEDULER_CONFIG, linear_betas, scaled_linear_betas
+from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import encode_prompts, unknown_words
 from .vae import decode_latents, downsample_factor
 
@@ -112,9 +113,8 @@ class ScratchScheduler:
     def __init__(self, kind="ddim", config=None, eta=0.0, variance="small"):
         self.kind = check_choice("kind", kind, ("ddpm", "ddim", "euler"))
         self.config = {**SCHEDULER_CONFIG, "timestep_spacing": "leading", **(config or {})}
-        c = self.config
-        betas = {"linear": linear_betas, "scaled_linear": scaled_linear_betas}[check_choice("beta_schedule", c["beta_schedule"], ("linear", "scaled_linear"))]
-        self.alpha_bar = torch.cumprod(1 - betas(c["num_train_timesteps"], c["beta_start"], c["beta_end"]), 0)  # [T]
+        self.schedule = NoiseSchedule.from_config(self.config, "cpu")  # lecture 2's forward process
+        self.alpha_bar = self.schedule.alpha_bar  # [T]
         self.eta, self.variance = eta, variance
 
     def set_timesteps(self, steps, device=None):
@@ -143,8 +143,7 @@ class ScratchScheduler:
     def add_noise(self, x0, noise, t):
         "Lecture 2's closed form q(x_t | x_0) for a batch of timesteps `t` (image-to-image starts from it); x0 + sigma_t noise in Euler's form."
         if self.kind == "euler": return x0 + sigma_at(self.alpha_bar, t).to(x0.device).view(-1, *[1] * (x0.ndim - 1)) * noise
-        alpha_bar = self.alpha_bar.to(x0.device)[t].view(-1, *[1] * (x0.ndim - 1))  # [B, 1, 1, 1]
-        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+        return self.schedule.q_sample(x0, t, noise)
 
     def previous(self, t):
         "The timestep after `t`: the next one in the list for DDPM; t - T // steps for DDIM, as diffusers does whatever the spacing."
@@ -265,11 +264,19 @@ def to_images(vae, latents, output_type="pil"):
     return images if output_type == "pt" else tensor_to_pil(images)
 
 @torch.no_grad()
-def generate(pipe, prompt, negative_prompt=None, steps=20, guidance_scale=5.0, seed=0, scheduler=None, height=None, width=None,
-             eta=0.0, output_type="pil", show_progress=False):
-    """Text to image with any Stable Diffusion components (a pipeline, or anything with `unet`, `vae`, `text_encoder`, `tokenizer`, `scheduler`):
-    the loop `StableDiffusionPipeline` runs, written out. `scheduler`: a name in `SCHEDULERS`, a scheduler object, or None for `pipe.scheduler`;
-    `seed`: an int (image i gets `seed + i`), a generator or a list of them; `output_type`: "pil", "pt" ([B, 3, H, W] in [0, 1]) or "latent"."""
+def generate(pipe,                  # a pipeline, or anything with `unet`, `vae`, `text_encoder`, `tokenizer` and `scheduler`
+             prompt,                # a str, or a list of str: one image each
+             negative_prompt=None,  # what the images should not show: None, a str for all, or one per prompt
+             steps=20,              # denoising steps
+             guidance_scale=5.0,    # w of classifier-free guidance; 1 runs the conditional branch only, 0 the unconditional one
+             seed=0,                # an int (image i gets `seed + i`), a generator, or one generator per prompt
+             scheduler=None,        # a name in `SCHEDULERS`, a scheduler object, or None for `pipe.scheduler`
+             height=None,           # pixels, a multiple of the VAE's downsampling factor; None: the UNet's native size
+             width=None,            # as `height`
+             eta=0.0,               # DDIM's noise: 0 deterministic, 1 as much as DDPM (other samplers ignore it)
+             output_type="pil",     # "pil", "pt" ([B, 3, H, W] in [0, 1]) or "latent" (the scaled latents, undecoded)
+             show_progress=False):  # a progress bar over the steps
+    "Text to image: the loop `StableDiffusionPipeline` runs, written out."
     prompts, negatives, scheduler, steps = check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler)
     check_choice("output_type", output_type, ("pil", "pt", "latent"))
     unet, factor = pipe.unet, downsample_factor(pipe.vae)
@@ -310,6 +317,17 @@ def measure_sampling(pipe, scheduler="dpm++", steps=20, guidance_scale=5.0, n=20
     images = tensor_to_pil((decoded / 2 + 0.5).clamp(0, 1))
     return dict(seconds_per_image=seconds / n, latent_std=latents.std().item(), clipped=(decoded.abs() > 1).float().mean().item(),
                 **grader_accuracy(images, prompts))
+
+def sampling_eval(pipe, scheduler=None, steps=20, guidance_scale=5.0, prompt_sets=None, n=100):
+    """An `eval_fn` for lecture 7's `train_unet`: the UNet being trained, with `pipe`'s VAE and text encoder, draws each named list of
+    `prompt_sets` (by default `n` held-back captions of the training and of the held-out pairs) with `scheduler` (None: `pipe`'s), and the
+    grader scores it: {'train_all': ..., 'heldout_colour': ...}. Lecture 15 measures its few-step students and its flow model with it."""
+    prompt_sets = prompt_sets or {split: eval_prompts(n, split) for split in ("train", "heldout")}
+    def eval_fn(unet):
+        candidate = SimpleNamespace(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, scheduler=scheduler or pipe.scheduler)
+        return {f"{name}_{k}": v for name, prompts in prompt_sets.items()
+                for k, v in grader_accuracy(generate(candidate, prompts, steps=steps, guidance_scale=guidance_scale), prompts).items()}
+    return eval_fn
 
 # %% ../nbs/08_sampling.ipynb #9c25588d
 class GuidanceWidget:

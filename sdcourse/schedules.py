@@ -64,6 +64,15 @@ class NoiseSchedule:
         "The schedule called `schedule` (one of `BETA_SCHEDULES`) with `T` steps."
         return cls(make_betas(schedule, T), device)
 
+    @classmethod
+    def from_config(cls, config, device=None):
+        "The schedule a diffusers scheduler's `config` describes (`num_train_timesteps`, `beta_schedule`, `beta_start`, `beta_end`): what samplers build on."
+        schedule = check_choice("beta_schedule", config["beta_schedule"], tuple(DIFFUSERS_NAMES.values()))
+        name = next(k for k, v in DIFFUSERS_NAMES.items() if v == schedule)
+        ends = () if name == "cosine" else (config["beta_start"], config["beta_end"])  # the cosine schedule has no end points
+        make = {"linear": linear_betas, "scaled_linear": scaled_linear_betas, "cosine": cosine_betas}[name]
+        return cls(make(config["num_train_timesteps"], *ends), device)
+
     def _coef(self, values, t, x):
         "`values[t]` shaped to broadcast against `x` ([B] for a batch of t, or a scalar)."
         if isinstance(t, torch.Tensor) and t.ndim > 0:

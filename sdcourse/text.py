@@ -216,11 +216,11 @@ def train_course_text_encoder(steps=1500, n_images=10_000, batch_size=128, lr=1e
     return clip, tokenizer, record
 
 def load_text_encoder(path=None, device=None):
-    "The course's trained tokenizer and CLIP text encoder (or those under `path`, a Stable Diffusion-style folder)."
+    "The course's trained CLIP text encoder and its tokenizer (or those under `path`, a Stable Diffusion-style folder): model first, as `load_mini_clip`."
     from transformers import CLIPTextModel, CLIPTokenizer
     path = shipped_path("sdcourse-tiny") if path is None else Path(path)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", model_max_length=MAX_LENGTH)
-    return tokenizer, CLIPTextModel.from_pretrained(path / "text_encoder").to(get_device(device)).eval()
+    return CLIPTextModel.from_pretrained(path / "text_encoder").to(get_device(device)).eval(), tokenizer
 
 def load_mini_clip(path=None, device=None):
     "The course's trained mini-CLIP and its tokenizer: the course's CLIP score model."

@@ -6,12 +6,13 @@ Docs: https://sdcourse.github.io/sdcourse/training.html.md"""
 
 # %% auto #0
 __all__ = ['images_cache', 'cache_training_data', 'batch_indices', 'training_batch', 'diffusion_loss', 'save_checkpoint',
-           'load_checkpoint', 'train_unet', 'ema_unet', 'make_pipeline', 'load_pipeline', 'generate_images',
-           'adherence', 'adherence_eval', 'train_course_unet', 'pixel_cache', 'sample_loop', 'activation_bytes',
+           'load_checkpoint', 'TrainConfig', 'train_unet', 'ema_unet', 'make_pipeline', 'load_pipeline',
+           'generate_images', 'adherence', 'adherence_eval', 'train_course_unet', 'pixel_cache', 'activation_bytes',
            'compare_pixel_latent']
 
 # %% ../nbs/07_training.ipynb #e45ef00a
-import copy, json, time, warnings
+import copy, dataclasses, json, time, warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from .data import course_dataset, eval_prompts, grader_accuracy
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import encode_prompts, load_text_encoder
 from .unet import make_unet
-from .vae import dataset_images, decode_latents, load_vae, posterior, reparameterize
+from .vae import dataset_images, decode_latents, downsample_factor, load_vae, posterior, reparameterize
 
 # %% ../nbs/07_training.ipynb #1a4feb41
 @torch.no_grad()
@@ -117,34 +118,56 @@ def load_checkpoint(path, unet, ema, optimizer, run=None):
     return step, json.loads(meta["history"])
 
 # %% ../nbs/07_training.ipynb #52a31c3a
-def train_unet(unet, cache, steps, batch_size=128, lr=1e-3, warmup=200, weight_decay=1e-2, max_grad_norm=1.0, ema_decay=0.999,
-               p_uncond=0.1, seed=0, checkpoint=None, checkpoint_every=500, resume=False, eval_fn=None, eval_every=None,
-               grad_accum=1, mixed_precision=None, device=None, batch=training_batch, loss_fn=diffusion_loss):
+@dataclass(frozen=True)
+class TrainConfig:
+    "A training run's recipe, checked when made. The defaults are sdcourse-tiny's (with `steps=3500`)."
+    steps: int                   # optimizer steps
+    batch_size: int = 128        # images per step (per micro-batch with `grad_accum`)
+    lr: float = 1e-3             # AdamW's peak learning rate, reached after `warmup` steps, then cosine decay to 0
+    warmup: int = 200            # steps of linear warm-up
+    weight_decay: float = 1e-2   # AdamW's decoupled weight decay
+    max_grad_norm: float = 1.0   # gradients are clipped to this norm
+    ema_decay: float = 0.999     # the EMA of the weights (0: the EMA is the last weights)
+    p_uncond: float = 0.1        # caption dropout: the share of captions replaced by the empty prompt (for guidance)
+    seed: int = 0                # seeds the batches, the noise and the timesteps (never the caller's global generator)
+    grad_accum: int = 1          # micro-batches per step
+    mixed_precision: str | None = None  # "no", "fp16", "bf16"; None: bf16 or fp16 on CUDA, "no" elsewhere
+
+    def __post_init__(self):
+        check_int("steps", self.steps, 1), check_int("batch_size", self.batch_size, 1), check_int("grad_accum", self.grad_accum, 1)
+        check_number("lr", self.lr, 0, 1, open_low=True)
+        if not 0 <= self.p_uncond < 1: raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        if self.mixed_precision is not None: check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+
+def train_unet(unet, cache, config=None, *, checkpoint=None, checkpoint_every=500, resume=False, eval_fn=None, eval_every=None,
+               device=None, batch=training_batch, loss_fn=diffusion_loss, **recipe):
     """Algorithm 1 with AdamW, warm-up + cosine decay, gradient clipping, an EMA of the weights, `accelerate` for the
     device, mixed precision and gradient accumulation, and resumable checkpoints. Returns `(ema, history)`.
+    The recipe is `config` (a `TrainConfig`) with `recipe`'s fields changed, or `TrainConfig(**recipe)`: `train_unet(unet, cache, steps=30)`.
     Each step's loss is `loss_fn(unet, schedule, *batch(cache, step, batch_size, seed, p_uncond, T))` (lecture 14 trains a ControlNet
     with its own pair); only parameters that require grad change."""
     from accelerate import Accelerator
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
-    steps, batch_size, grad_accum = check_int("steps", steps, 1), check_int("batch_size", batch_size, 1), check_int("grad_accum", grad_accum, 1)
-    lr = check_number("lr", lr, 0, 1, open_low=True)
-    if not 0 <= p_uncond < 1: raise ValueError(f"p_uncond must lie in [0, 1), got {p_uncond}")
-    run = dict(batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, p_uncond=p_uncond, grad_accum=grad_accum, n_images=len(cache["captions"]))
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {config!r:.40}; or give the recipe as keywords: train_unet(unet, cache, steps=30)")
+    c = dataclasses.replace(config, **recipe) if config is not None else TrainConfig(**recipe)
+    steps, grad_accum = c.steps, c.grad_accum
+    run = dict(batch_size=c.batch_size, lr=c.lr, warmup=c.warmup, seed=c.seed, p_uncond=c.p_uncond, grad_accum=grad_accum,
+               n_images=len(cache["captions"]))  # what a checkpoint must match to resume
     device = get_device(device)
-    if mixed_precision is None: mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "no"
-    check_choice("mixed_precision", mixed_precision, ("no", "fp16", "bf16"))
+    mixed_precision = c.mixed_precision or (("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "no")
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=device.type == "cpu")
     cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # seed a copy of the global generators: the caller's random stream is left as it was
-        torch.manual_seed(seed)
-        optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay)
-        ema = EMAModel(unet.parameters(), decay=ema_decay)
+        torch.manual_seed(c.seed)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        ema = EMAModel(unet.parameters(), decay=c.ema_decay)
         start, history = load_checkpoint(checkpoint, unet, ema, optimizer, run) if resume else (0, [])
         if start > steps: raise ValueError(f"checkpoint {str(checkpoint)!r} is at step {start}, past the {steps} steps asked for; ask for at least "
                                            f"{start} steps, or delete it to start again")
         if resume and start == steps: warnings.warn(f"checkpoint {str(checkpoint)!r} is already at step {steps}: nothing left to train")
-        lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup, steps, last_epoch=start - 1)
+        lr_schedule = get_cosine_schedule_with_warmup(optimizer, c.warmup, steps, last_epoch=start - 1)
         unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
         ema.to(accelerator.device)
         schedule = NoiseSchedule.named("scaled_linear", device=accelerator.device)
@@ -154,13 +177,13 @@ def train_unet(unet, cache, steps, batch_size=128, lr=1e-3, warmup=200, weight_d
         for step in bar:
             for micro in range(grad_accum):
                 with accelerator.accumulate(unet):
-                    tensors = [v.to(accelerator.device) for v in batch(cache, step * grad_accum + micro, batch_size, seed, p_uncond, schedule.T)]
+                    tensors = [v.to(accelerator.device) for v in batch(cache, step * grad_accum + micro, c.batch_size, c.seed, c.p_uncond, schedule.T)]
                     loss = loss_fn(unet, schedule, *tensors)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"the loss became {loss.item()} at step {step}; stopped before writing a checkpoint "
                                                  f"(the last good one, if any, is untouched: {checkpoint}). Lower lr or check the cached data.")
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients: accelerator.clip_grad_norm_(unet.parameters(), max_grad_norm)
+                    if accelerator.sync_gradients: accelerator.clip_grad_norm_(unet.parameters(), c.max_grad_norm)
                     optimizer.step(); lr_schedule.step(); optimizer.zero_grad()
             ema.step(unet.parameters())
             record = dict(step=step + 1, loss=loss.item(), lr=lr_schedule.get_last_lr()[0], seconds=offset + time.time() - begun)
@@ -186,7 +209,7 @@ def make_pipeline(unet, vae=None, text_encoder=None, tokenizer=None, scheduler=N
     "A real `StableDiffusionPipeline` from the course's parts (DPM-Solver++ with SD's betas unless `scheduler` is given)."
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     if vae is None: vae = load_vae(device=unet.device)
-    if text_encoder is None or tokenizer is None: tokenizer, text_encoder = load_text_encoder(device=unet.device)
+    if text_encoder is None or tokenizer is None: text_encoder, tokenizer = load_text_encoder(device=unet.device)
     scheduler = scheduler or DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -194,21 +217,22 @@ def make_pipeline(unet, vae=None, text_encoder=None, tokenizer=None, scheduler=N
     return pipe
 
 def load_pipeline(path=None, device=None):
-    "sdcourse-tiny (or the Stable Diffusion folder at `path`) through `StableDiffusionPipeline.from_pretrained`, offline."
+    "sdcourse-tiny (or the Stable Diffusion folder at `path`) through `StableDiffusionPipeline.from_pretrained`, offline, from safetensors only."
     from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(shipped_path("sdcourse-tiny") if path is None else path).to(get_device(device))
+    pipe = StableDiffusionPipeline.from_pretrained(shipped_path("sdcourse-tiny") if path is None else path, use_safetensors=True).to(get_device(device))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 @torch.no_grad()
-def generate_images(pipe, prompts, seed=0, steps=20, guidance_scale=5.0, batch_size=100):
-    "PIL images for `prompts` from `pipe`, image i seeded with `seed + i` (so any subset reproduces)."
+def generate_images(pipe, prompts, seed=0, steps=20, guidance_scale=5.0, batch_size=100, **kwargs):
+    """PIL images for `prompts` from `pipe`, image i seeded with `seed + i` (so any subset reproduces). `kwargs` go to the pipeline:
+    with `output_type="latent"` it returns the UNet's samples undecoded, one tensor [B, C, H, W]."""
     images = []
     for i in range(0, len(prompts), batch_size):
         batch = prompts[i:i + batch_size]
         generators = [torch.Generator(pipe.device).manual_seed(seed + i + j) for j in range(len(batch))]
-        images += pipe(batch, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators).images
-    return images
+        images += list(pipe(batch, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, **kwargs).images)
+    return torch.stack(images) if kwargs.get("output_type") == "latent" else images
 
 def adherence(pipe, n=200, split="train", steps=20, guidance_scale=5.0, seed=0):
     "The course grader's per-attribute accuracy on `n` images generated for held-back captions of `split`."
@@ -222,19 +246,28 @@ def adherence_eval(vae, text_encoder, tokenizer, n=100, guidance_scale=5.0):
         return {f"{split}_{k}": v for split in ("train", "heldout") for k, v in adherence(pipe, n, split, guidance_scale=guidance_scale).items()}
     return eval_fn
 
-def train_course_unet(steps=3500, n_images=10_000, batch_size=128, lr=1e-3, seed=0, eval_every=500, n_eval=200, guidance_scale=5.0,
-                      out=None, checkpoint=None, device=None, overwrite=False):
-    """Train sdcourse-tiny's UNet (resuming from `checkpoint` if it holds this same run) and save the whole pipeline with a training record.
-    `out` defaults to the course cache, never the shipped model; an existing `out` is replaced only with `overwrite`, and only if sdcourse wrote it."""
+def train_course_unet(steps=3500,          # optimizer steps (sdcourse-tiny: 3,500)
+                      n_images=10_000,     # course images of the training split, cached once
+                      batch_size=128,      # images per step
+                      lr=1e-3,             # AdamW's peak learning rate
+                      seed=0,              # seeds the UNet's initial weights and the run
+                      eval_every=500,      # steps between adherence measurements of the EMA weights
+                      n_eval=200,          # images per split for the final adherence measurement
+                      guidance_scale=5.0,  # guidance of that measurement
+                      out=None,            # the folder for the whole pipeline; None: the course cache, never the shipped model
+                      checkpoint=None,     # a safetensors file to save to and resume from (a checkpoint of this same run is resumed)
+                      device=None,         # None: CUDA, then MPS, then the CPU
+                      overwrite=False):    # replace `out` if it holds an earlier sdcourse output (never anything else)
+    "Train sdcourse-tiny's UNet (lecture 7's `TrainConfig` defaults) and save the whole pipeline with a training record."
     out = cache_dir("models") / "sdcourse-tiny" if out is None else Path(out)
     check_output_folder(out, overwrite)  # before the work, not after it
     device = get_device(device)
     checkpoint = Path(checkpoint) if checkpoint else cache_dir("checkpoints") / "sdcourse-tiny-unet.safetensors"
-    vae, (tokenizer, text_encoder) = load_vae(device=device), load_text_encoder(device=device)
+    vae, (text_encoder, tokenizer) = load_vae(device=device), load_text_encoder(device=device)
     cache = cache_training_data(vae, text_encoder, tokenizer, n_images)
     torch.manual_seed(seed)
     unet = make_unet().to(device)
-    ema, history = train_unet(unet, cache, steps, batch_size, lr, seed=seed, checkpoint=checkpoint, resume=checkpoint.exists(),
+    ema, history = train_unet(unet, cache, steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint=checkpoint, resume=checkpoint.exists(),
                               eval_fn=adherence_eval(vae, text_encoder, tokenizer), eval_every=eval_every, device=device)
     pipe = make_pipeline(ema_unet(unet, ema), vae, text_encoder, tokenizer)
     quality = {split: adherence(pipe, n_eval, split, guidance_scale=guidance_scale) for split in ("train", "heldout")}
@@ -255,19 +288,6 @@ def pixel_cache(images, cache):
     "A training cache for pixel-space diffusion: `x0` is the images [-1, 1] themselves, captions as in `cache`."
     return dict(x0=images, embeddings=cache["embeddings"][: len(images)], empty=cache["empty"], captions=cache["captions"][: len(images)])
 
-@torch.no_grad()
-def sample_loop(unet, scheduler, context, uncond, steps=20, guidance_scale=5.0, generator=None):
-    "The bare sampling loop, with classifier-free guidance (lecture 8 takes it apart): noise -> a sample in the UNet's own space."
-    cfg = unet.config
-    x = torch.randn((len(context), cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=generator).to(unet.device)
-    scheduler.set_timesteps(steps)
-    x = x * scheduler.init_noise_sigma
-    both = torch.cat([uncond.expand_as(context), context]).to(unet.device)
-    for t in scheduler.timesteps:
-        eps_uncond, eps_cond = unet(scheduler.scale_model_input(torch.cat([x, x]), t), t, encoder_hidden_states=both).sample.chunk(2)
-        x = scheduler.step(eps_uncond + guidance_scale * (eps_cond - eps_uncond), t, x).prev_sample
-    return x
-
 def activation_bytes(unet, x0, context):
     "Bytes of the tensors autograd keeps for the backward pass of one training step: the memory that grows with the batch."
     total = 0
@@ -282,25 +302,24 @@ def activation_bytes(unet, x0, context):
 
 def compare_pixel_latent(seconds=120, n_images=10_000, n_eval=(50, 10), seed=0):
     "Train the same UNet config in latent and in pixel space for `seconds` each; time per step, activation memory and adherence on `n_eval` (latent, pixel) images."
-    from diffusers import DPMSolverMultistepScheduler
-    vae, (tokenizer, text_encoder) = load_vae(device="cpu"), load_text_encoder(device="cpu")
+    vae, (text_encoder, tokenizer) = load_vae(device="cpu"), load_text_encoder(device="cpu")
     latent = cache_training_data(vae, text_encoder, tokenizer, n_images)
-    pixel = pixel_cache(dataset_images(n_images), latent)
-    uncond, results = latent["empty"][None], {}
+    pixel, results = pixel_cache(dataset_images(n_images), latent), {}
     for space, data, batch_size, n, overrides in [("latent", latent, 128, n_eval[0], {}),
                                                   ("pixel", pixel, 16, n_eval[1], dict(in_channels=3, out_channels=3, sample_size=64))]:
         x0, ctx, _, _ = training_batch(data, 0, batch_size)
         memory = activation_bytes(make_unet(**overrides), x0, ctx)
         begun = time.time()
-        train_unet(make_unet(**overrides), data, 4, batch_size, warmup=1)  # time a few steps to fit the budget
+        train_unet(make_unet(**overrides), data, steps=4, batch_size=batch_size, warmup=1)  # time a few steps to fit the budget
         steps = max(int(seconds / ((time.time() - begun) / 4)), 1)
         torch.manual_seed(seed)
         unet = make_unet(**overrides)
-        ema, history = train_unet(unet, data, steps, batch_size, warmup=min(200, steps // 5 + 1), seed=seed)
-        scheduler, g = DPMSolverMultistepScheduler(**SCHEDULER_CONFIG), torch.Generator().manual_seed(seed)
-        prompts = eval_prompts(n)
-        context = encode_prompts(text_encoder, tokenizer, prompts)
-        samples = torch.cat([sample_loop(ema_unet(unet, ema), scheduler, context[i:i + 10], uncond, generator=g) for i in range(0, n, 10)])
+        ema, history = train_unet(unet, data, steps=steps, batch_size=batch_size, warmup=min(200, steps // 5 + 1), seed=seed)
+        # diffusers' pipeline samples any UNet (20 DPM-Solver++ steps, guidance 5); "latent" output skips the VAE: for the pixel model, the images.
+        # It counts sizes in the VAE's pixels, so the pixel UNet's 64 x 64 samples are asked for as 512 x 512.
+        prompts, side = eval_prompts(n), unet.config.sample_size * downsample_factor(vae)
+        samples = generate_images(make_pipeline(ema_unet(unet, ema), vae, text_encoder, tokenizer), prompts, seed, height=side, width=side,
+                                  output_type="latent")  # [n, C, sample_size, sample_size]
         images = samples.clamp(-1, 1) if space == "pixel" else decode_latents(vae, samples)
         results[space] = dict(batch_size=batch_size, steps=steps, seconds=history[-1]["seconds"], seconds_per_step=history[-1]["seconds"] / steps,
                               images_per_second=steps * batch_size / history[-1]["seconds"], activation_mb_per_image=memory / batch_size / 2**20,

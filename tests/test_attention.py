@@ -69,8 +69,8 @@ def test_cross_attention_probe_learns_to_find_the_named_object():
     from sdcourse.attention import CrossAttentionProbe, make_probe_data, probe_pointing_accuracy, train_probe
     from sdcourse.text import load_text_encoder
     from sdcourse.vae import load_vae
-    vae, (tokenizer, encoder) = load_vae(device="cpu"), load_text_encoder(device="cpu")
-    train, test = make_probe_data(vae, tokenizer, encoder, n=512), make_probe_data(vae, tokenizer, encoder, n=128, seed=1)
+    vae, (encoder, tokenizer) = load_vae(device="cpu"), load_text_encoder(device="cpu")
+    train, test = make_probe_data(vae, encoder, tokenizer, n=512), make_probe_data(vae, encoder, tokenizer, n=128, seed=1)
     assert train["latents"].shape == (512, 4, 8, 16) and train["context"].shape == (512, 77, 64) and train["masks"].shape == (512, 8, 16)
     torch.manual_seed(0)
     probe = CrossAttentionProbe()

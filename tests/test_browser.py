@@ -1,6 +1,6 @@
 """The widgets in a real browser: JupyterLab on loopback, headless Chromium (Debian's, through Playwright), the notebook's
 widget cell run, a control moved, and the displayed image checked to change. Screenshots go to .cache/screenshots/."""
-import os, re, shutil, signal, socket, subprocess, sys, time, secrets, urllib.request
+import ast, os, re, shutil, signal, socket, subprocess, sys, time, secrets, urllib.request
 from pathlib import Path
 
 import nbformat, pytest
@@ -16,12 +16,20 @@ if (CHROMIUM is None or sync_playwright is None) and not REQUIRED:
 
 
 def widget_notebook(name, marker, folder):
-    "A copy of nbs/`name` up to the cell that shows the widget, without the cells nbdev-test skips (`slow`, `cuda`)."
+    """A copy of nbs/`name` cut to what the cell that shows the widget needs: the setup and `export` cells (imports and definitions,
+    quick) and the cells that assign a name the widget cell reads (`pipe = load_pipeline()`); the lecture's demonstrations in between,
+    which `nbdev-test` runs anyway, are left out (they made lecture 8's copy take a minute)."""
     nb = nbformat.read(ROOT / "nbs" / name, as_version=4)
     end = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and marker in c.source)
-    nb.cells = [c for c in nb.cells[:end + 1] if not re.search(r"^#\|\s*(slow|cuda|eval:\s*false)", c.source, re.M)]
-    for c in nb.cells:
-        if c.cell_type == "code": c.outputs, c.execution_count = [], None
+    names = [n for n in ast.walk(ast.parse(nb.cells[end].source)) if isinstance(n, ast.Name)]
+    reads = {n.id for n in names if isinstance(n.ctx, ast.Load)} - {n.id for n in names if isinstance(n.ctx, ast.Store)}
+    def needed(cell):
+        if re.search(r"^#\|\s*(slow|cuda|eval:\s*false)", cell.source, re.M): return False
+        if re.search(r"^#\|\s*(hide|export|default_exp)", cell.source, re.M): return True
+        code = "\n".join(l for l in cell.source.splitlines() if not l.startswith("#|"))
+        return any(isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and n.id in reads for n in ast.walk(ast.parse(code)))
+    nb.cells = [c for c in nb.cells[:end] if c.cell_type == "code" and needed(c)] + [nb.cells[end]]
+    for c in nb.cells: c.outputs, c.execution_count = [], None
     nbformat.write(nb, folder / name)
     return name
 

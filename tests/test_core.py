@@ -84,7 +84,7 @@ def test_cache_dir_and_progress(monkeypatch, tmp_path):
 
 
 def test_weights_round_trip_atomically_and_refuse_other_configs(tmp_path):
-    from sdcourse.core import load_weights, save_pretrained_atomic, save_weights
+    from sdcourse.core import load_weights, save_weights
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     path = save_weights(net, tmp_path / "w" / "net.safetensors", metadata={"steps": 3})
     again = load_weights(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)), path)

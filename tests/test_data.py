@@ -4,7 +4,7 @@ import numpy as np, pytest
 from PIL import Image
 
 from sdcourse.data import (COLOURS, HELDOUT_COMBOS, NEW_SHAPE, POSITIONS, SHAPES, SPLITS, Attributes, ShapesDataset,
-                           example_mask, export_imagefolder, grade, grader_accuracy, load_imagefolder, make_example, parse_caption, word_hint,
+                           example_caption, example_mask, export_imagefolder, eval_prompts, grade, grader_accuracy, load_imagefolder, make_example, parse_caption, word_hint,
                            read_attributes, render)
 
 
@@ -167,6 +167,13 @@ def test_golden_dataset_bytes():
             image, caption = make_example(i, split, seed=0)[:2]
             digest.update(np.asarray(image).tobytes()); digest.update(caption.encode())
     assert digest.hexdigest() == GOLDEN, digest.hexdigest()
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_a_caption_alone_is_the_caption_of_its_example(split):
+    for seed in (0, 1, 5):
+        assert [example_caption(i, split, seed) for i in range(100)] == [make_example(i, split, seed)[1] for i in range(100)]
+    assert eval_prompts(30, split) == [make_example(i, split, 1)[1] for i in range(30)]  # the test captions: seed 1, as before
 
 
 GOLDEN = "240ac1e4ed940cbdc505e7d74ccd52fb7d019a49ff8eb57807f86eebf72faa79"  # 4 images and captions per split, seed 0

@@ -12,7 +12,7 @@ from sdcourse.fewer_steps import (FLOW_UNET, LCM_LORA, VALIDATION_SEED, ScratchF
                                   consistency_output, consistency_scalings, distill_lcm, flow_interpolate, flow_loss, flow_sigmas, lcm_batch,
                                   lcm_timesteps, load_flow_pipeline, measure_metrics, measure_steps, solver_timesteps, teacher_step, train_flow_unet, with_lcm)
 from sdcourse.pipeline import main, png_info, reproduce
-from sdcourse.sampling import generate, measure_sampling
+from sdcourse.sampling import generate, measure_sampling, sampling_eval
 from sdcourse.schedules import NoiseSchedule
 from sdcourse.training import cache_training_data, load_pipeline, make_pipeline
 from sdcourse.unet import make_unet
@@ -129,9 +129,12 @@ def test_distillation_keeps_the_weights_of_the_best_validation(pipe, small):
     assert sum(v == t for v, t in zip(validation, test)) < 10  # stopping is chosen on other captions than the ones the lecture reports
 
 
-def test_flow_training_runs_and_its_loss_is_the_velocity_error(small):
-    unet, history = train_flow_unet(small, steps=2, batch_size=8)
-    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+def test_flow_training_runs_and_its_loss_is_the_velocity_error(pipe, small):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    prompts = {"some": eval_prompts(2)}
+    unet, history = train_flow_unet(small, steps=2, batch_size=8, eval_fn=sampling_eval(pipe, FlowMatchEulerDiscreteScheduler(), 2, prompt_sets=prompts),
+                                    eval_every=2)  # the flow model's evaluation during training: lecture 8's, with the flow sampler
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history) and 0 <= history[-1]["some_all"] <= 1
     schedule, x0, noise = NoiseSchedule.named(), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
 
     class Oracle(torch.nn.Module):  # predicts the true velocity: the loss must be zero

@@ -52,7 +52,7 @@ def one_line(err, *says):
 # 1. Never destroy what the program did not write
 
 @pytest.mark.parametrize("command", [["finetune", "--steps", "1"], ["train-lora", "--steps", "1"], ["train-vae", "--steps", "1", "--n-images", "10"],
-                                     ["train", "--steps", "1", "--n-images", "8", "--n-eval", "1"], ["dataset", "--n", "3", "--overwrite"]])
+                                     ["train", "--steps", "1", "--n-images", "8", "--n-eval", "1"], ["dataset", "--n-images", "3", "--overwrite"]])
 def test_training_and_export_never_touch_a_users_folder(command, home, capsys):
     before = snapshot(home)
     code, _, err = run([command[0], "Documents", *command[1:]], capsys)
@@ -64,7 +64,7 @@ def test_training_and_export_never_touch_a_users_folder(command, home, capsys):
 def test_a_file_at_the_output_is_refused_not_moved(command, home, capsys):
     (home / "model").write_text("my notes")
     before = snapshot(home)
-    code, _, err = run([command, "model", "--steps" if command != "dataset" else "--n", "1"], capsys)
+    code, _, err = run([command, "model", "--steps" if command != "dataset" else "--n-images", "1"], capsys)
     assert code == 1 and one_line(err, "'model'", "is a file"), err
     assert snapshot(home) == before
 
@@ -75,16 +75,16 @@ def test_dataset_overwrite_removes_only_its_own_export(home, capsys):
     (home / "forged" / MANIFEST).write_text(json.dumps(dict(kind="imagefolder", files={"essay.txt": "0" * 64})))
     (home / "forged" / "essay.txt").write_text("mine")
     before = snapshot(home)
-    code, _, err = run(["dataset", "forged", "--n", "4", "--overwrite"], capsys)  # a forged record cannot vouch for a user's file
+    code, _, err = run(["dataset", "forged", "--n-images", "4", "--overwrite"], capsys)  # a forged record cannot vouch for a user's file
     assert code == 1 and one_line(err, "essay.txt") and snapshot(home) == before
-    assert run(["dataset", "ds", "--n", "5"], capsys)[0] == 0
-    code, _, err = run(["dataset", "ds", "--n", "3"], capsys)
+    assert run(["dataset", "ds", "--n-images", "5"], capsys)[0] == 0
+    code, _, err = run(["dataset", "ds", "--n-images", "3"], capsys)
     assert code == 1 and one_line(err, "holds another dataset", "--overwrite")
-    assert run(["dataset", "ds", "--n", "3", "--overwrite"], capsys)[0] == 0
+    assert run(["dataset", "ds", "--n-images", "3", "--overwrite"], capsys)[0] == 0
     assert sorted(p.name for p in (home / "ds").glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
     assert foreign_files(home / "ds") == [] and not list(home.glob(".ds*"))
     (home / "ds" / "mine.txt").write_text("added later")
-    code, _, err = run(["dataset", "ds", "--n", "4", "--overwrite"], capsys)
+    code, _, err = run(["dataset", "ds", "--n-images", "4", "--overwrite"], capsys)
     assert code == 1 and one_line(err, "mine.txt") and (home / "ds" / "mine.txt").read_text() == "added later"
 
 
@@ -113,7 +113,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_temporary_files(home, capsys,
         if next(calls) == 3: raise KeyboardInterrupt
         return real(self, i)
     monkeypatch.setattr(sdcourse.data.ShapesDataset, "__getitem__", interrupted)
-    code, out, err = run(["dataset", "ds", "--n", "10"], capsys)
+    code, out, err = run(["dataset", "ds", "--n-images", "10"], capsys)
     assert code == 130 and err == "sdcourse dataset: interrupted\n" and out == ""
     assert not (home / "ds").exists() and not [p for p in home.iterdir() if p.name.startswith(".")]
 
@@ -123,7 +123,7 @@ def test_a_real_sigint_in_a_subprocess(tmp_path):
     # The child restores Python's own Ctrl-C handler first, as a terminal's shell would: a background job (a CI run started with &)
     # inherits SIGINT ignored. Done in the child's code rather than a preexec_fn, which is unsafe in a parent with threads (torch's).
     child = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from sdcourse.pipeline import main; raise SystemExit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", child, "dataset", "ds", "--n", "100000"], cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", child, "dataset", "ds", "--n-images", "100000"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "SDCOURSE_PROGRESS": "0"})
     deadline = time.time() + 120
     while not list(tmp_path.glob(".ds.tmp-*/00010.png")) and time.time() < deadline and proc.poll() is None: time.sleep(0.05)
@@ -266,7 +266,7 @@ def test_torch_lower_bound_excludes_the_bypassable_unpickler():
     (["finetune", "out", "--lr", "inf"], "argument --lr: must be a finite number in (0, 1]"),
     (["finetune", "out", "--lr", "0"], "argument --lr"),
     (["train-lora", "out", "--rank", "10000000"], "argument --rank: must be a whole number in [1, 256]"),
-    (["dataset", "out", "--n", "1e9"], "argument --n: must be a whole number"),
+    (["dataset", "out", "--n-images", "1e9"], "argument --n-images: must be a whole number"),
     (["train", "out", "--n-images", "100000000"], "argument --n-images"),
 ])
 def test_absurd_and_non_finite_values_are_usage_errors(argv, says, capsys, tmp_path, monkeypatch):
@@ -303,7 +303,7 @@ def test_a_bad_device_variable_is_named(monkeypatch, capsys, tmp_path):
 def test_programming_errors_keep_their_traceback_and_debug_shows_every_one(home, capsys, monkeypatch):
     import sdcourse.pipeline
     monkeypatch.setattr(sdcourse.pipeline, "export_imagefolder", lambda *a, **k: {}["a bug"])
-    with pytest.raises(KeyError): main(["dataset", "ds", "--n", "2"])
+    with pytest.raises(KeyError): main(["dataset", "ds", "--n-images", "2"])
     monkeypatch.setenv("SDCOURSE_DEBUG", "1")
     with pytest.raises(FileNotFoundError): main(["img2img", "missing.png", "x", "-o", "o.png"])
     assert "SDCOURSE_DEBUG=1" in sdcourse.pipeline.cli_parser().format_help()
@@ -363,20 +363,20 @@ def test_training_refuses_a_checkpoint_of_another_run(tmp_path):
     from sdcourse.training import cache_training_data, train_unet
     from sdcourse.unet import make_unet
     from sdcourse.vae import load_vae
-    tokenizer, text_encoder = load_text_encoder(device="cpu")
+    text_encoder, tokenizer = load_text_encoder(device="cpu")
     cache = cache_training_data(load_vae(device="cpu"), text_encoder, tokenizer, n_images=16)
     ck = tmp_path / "ck.safetensors"
-    train_unet(make_unet(), cache, 3, batch_size=4, warmup=1, checkpoint=ck, seed=0)
+    train_unet(make_unet(), cache, steps=3, batch_size=4, warmup=1, checkpoint=ck, seed=0)
     good = ck.read_bytes()
     with pytest.raises(ValueError, match=r"other settings \(seed=0 \(this run: 1\)\)"):
-        train_unet(make_unet(), cache, 4, batch_size=4, warmup=1, checkpoint=ck, resume=True, seed=1)
+        train_unet(make_unet(), cache, steps=4, batch_size=4, warmup=1, checkpoint=ck, resume=True, seed=1)
     smaller = {k: v[:8] if torch.is_tensor(v) and len(v) == 16 else v[:8] if isinstance(v, list) else v for k, v in cache.items()}
     with pytest.raises(ValueError, match=r"n_images=16 \(this run: 8\)"):
-        train_unet(make_unet(), smaller, 4, batch_size=4, warmup=1, checkpoint=ck, resume=True)
+        train_unet(make_unet(), smaller, steps=4, batch_size=4, warmup=1, checkpoint=ck, resume=True)
     with pytest.raises(ValueError, match="is at step 3, past the 2 steps asked for"):
-        train_unet(make_unet(), cache, 2, batch_size=4, warmup=1, checkpoint=ck, resume=True)
+        train_unet(make_unet(), cache, steps=2, batch_size=4, warmup=1, checkpoint=ck, resume=True)
     with pytest.warns(UserWarning, match="already at step 3: nothing left to train"):
-        train_unet(make_unet(), cache, 3, batch_size=4, warmup=1, checkpoint=ck, resume=True)
+        train_unet(make_unet(), cache, steps=3, batch_size=4, warmup=1, checkpoint=ck, resume=True)
     assert ck.read_bytes() == good
 
 

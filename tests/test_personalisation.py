@@ -89,8 +89,8 @@ def test_bad_embeddings_and_tokens_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"has shape \[3, 64\]"): load_embedding(pipe, tmp_path / "many.safetensors")
     for token in ("star", "diamond", "<|endoftext|>"):
         with pytest.raises(ValueError, match=f"token '{token}' is already in the tokenizer's vocabulary"): load_embedding(pipe, STAR, token=token)
-    with pytest.raises(ValueError, match="one word without spaces"): add_token(pipe.tokenizer, pipe.text_encoder, "a b")
-    with pytest.raises(ValueError, match="init_word must be a word the tokenizer keeps whole"): add_token(pipe.tokenizer, pipe.text_encoder, "<n>", "zebra")
+    with pytest.raises(ValueError, match="one word without spaces"): add_token(pipe.text_encoder, pipe.tokenizer, "a b")
+    with pytest.raises(ValueError, match="init_word must be a word the tokenizer keeps whole"): add_token(pipe.text_encoder, pipe.tokenizer, "<n>", "zebra")
     assert init_row(pipe.tokenizer, "diamond") == pipe.tokenizer.convert_tokens_to_ids("diamond</w>")
     assert len(pipe.tokenizer) == 631  # every refusal came before the tokenizer changed
     load_embedding(pipe, STAR)

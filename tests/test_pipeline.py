@@ -92,7 +92,7 @@ def test_img2img_and_inpaint(source, capsys):
 
 
 def test_dataset_export(tmp_path, capsys):
-    code, _, _ = run(["dataset", str(tmp_path / "ds"), "--n", "5", "--split", "concept"], capsys)
+    code, _, _ = run(["dataset", str(tmp_path / "ds"), "--n-images", "5", "--split", "concept"], capsys)
     rows = list(csv.DictReader(open(tmp_path / "ds" / "metadata.csv")))
     assert code == 0 and len(rows) == 5 and all("star" in r["text"] for r in rows)
 
@@ -106,7 +106,7 @@ def test_train_vae_and_train(tmp_path, capsys):
 
 
 def test_finetune_and_train_lora(tmp_path, pipe, capsys):
-    run(["dataset", str(tmp_path / "ds"), "--n", "4", "--split", "concept"], capsys)
+    run(["dataset", str(tmp_path / "ds"), "--n-images", "4", "--split", "concept"], capsys)
     code, _, _ = run(["finetune", str(tmp_path / "ft"), "--images", str(tmp_path / "ds"), "--steps", "2"], capsys)
     tuned = load_sd(tmp_path / "ft", "cpu")
     assert code == 0 and any(not torch.equal(a, b) for a, b in zip(tuned.unet.parameters(), pipe.unet.parameters()))
@@ -129,7 +129,7 @@ def test_finetune_and_train_lora(tmp_path, pipe, capsys):
     (["img2img", "{tmp}/none.png", "a red circle", "-o", "{tmp}/x.png"], "no image at"),
     (["inpaint", "{tmp}/source.png", "{tmp}/small.png", "a red circle", "-o", "{tmp}/x.png"], "they must be the same size"),
     (["grade", "{tmp}/source.png"], "records no prompt"),
-    (["dataset", "{tmp}/source.png", "--n", "2"], "source.png"),
+    (["dataset", "{tmp}/source.png", "--n-images", "2"], "source.png"),
 ])
 def test_bad_input_is_one_line_and_exit_1(argv, says, source, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

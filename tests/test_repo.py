@@ -2,7 +2,6 @@
 import ast, hashlib, json, os, re, subprocess, sys, tomllib
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

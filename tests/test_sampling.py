@@ -5,10 +5,11 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
 from sdcourse.exercises import check_ddim_step, check_guided_noise
 from sdcourse.sampling import (SCHEDULERS, SPACINGS, GuidanceWidget, ScratchScheduler, ddim_step, ddpm_step, draw_noise, euler_step, generate,
-                               guided_noise, make_scheduler, measure_sampling, sampling_timesteps, seed_generators, sigma_at, slerp)
+                               guided_noise, make_scheduler, measure_sampling, sampling_eval, sampling_timesteps, seed_generators, sigma_at, slerp)
 from sdcourse.core import tensor_to_pil
 from sdcourse.data import eval_prompts, grader_accuracy
 from sdcourse.schedules import SCHEDULER_CONFIG
+from sdcourse.unet import make_unet
 
 PROMPTS = eval_prompts(4)
 
@@ -251,3 +252,14 @@ def test_generate_warns_about_words_the_model_never_learned(pipe):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the course's own words: no warning (libraries' deprecation notes aside)
         generate(pipe, ["a big GREEN square, in the top left corner!", "a little purple diamond at the centre on a black background"], steps=2)
+
+
+def test_sampling_eval_grades_what_the_trained_unet_draws_with_any_scheduler(pipe):
+    ddim = make_scheduler("ddim", pipe.scheduler.config)
+    scores = sampling_eval(pipe, ddim, steps=10, guidance_scale=3.0, prompt_sets={"mine": PROMPTS})(pipe.unet)
+    expected = grader_accuracy(generate(pipe, PROMPTS, steps=10, guidance_scale=3.0, scheduler=ddim), PROMPTS)
+    assert scores == {f"mine_{k}": v for k, v in expected.items()} and scores["mine_all"] >= 0.5
+    untrained = make_unet().eval()  # the UNet under evaluation draws, not the pipeline's own
+    assert sampling_eval(pipe, ddim, steps=10, guidance_scale=3.0, prompt_sets={"mine": PROMPTS})(untrained)["mine_all"] < scores["mine_all"]
+    default = sampling_eval(pipe, n=2, steps=2)(pipe.unet)  # n held-back captions of the training and of the held-out pairs
+    assert {"train_all", "heldout_all"} <= set(default) and all(k.split("_")[0] in ("train", "heldout") for k in default)

@@ -1,5 +1,3 @@
-import math
-
 import matplotlib
 import numpy as np, pytest, torch
 from diffusers import DDPMScheduler

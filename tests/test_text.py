@@ -11,7 +11,7 @@ from sdcourse.vae import dataset_images
 
 @pytest.fixture(scope="module")
 def shipped():
-    tokenizer, encoder = load_text_encoder(device="cpu")
+    encoder, tokenizer = load_text_encoder(device="cpu")
     clip, _ = load_mini_clip(device="cpu")
     return tokenizer, encoder, clip
 
@@ -97,7 +97,7 @@ def test_mini_clip_retrieval_not_worse_than_recorded(shipped):
 
 
 def test_unknown_words_are_the_words_the_tokenizer_cuts():
-    tokenizer, _ = load_text_encoder()
+    _, tokenizer = load_text_encoder()
     assert unknown_words(tokenizer, "A big GREEN square, in the top left corner!") == []
     assert unknown_words(tokenizer, "please draw a crimson oval, crimson! 42 times") == ["please", "draw", "crimson", "oval", "times"]
     tokenizer.add_tokens(["<thing>"])  # a textual-inversion word is the tokenizer's own, not an unknown word

@@ -1,4 +1,4 @@
-import json, os, subprocess, sys, warnings
+import json, os, subprocess, sys
 
 import pytest, torch
 import safetensors.torch
@@ -7,24 +7,24 @@ from sdcourse.core import shipped_path
 from sdcourse.text import encode_prompts, load_text_encoder
 from sdcourse.data import course_dataset, eval_prompts
 from sdcourse.training import (adherence, cache_training_data, generate_images, images_cache, load_checkpoint, load_pipeline,
-                               save_checkpoint, train_course_unet, train_unet, training_batch)
+                               train_course_unet, train_unet, training_batch, TrainConfig)
 from sdcourse.unet import make_unet
 from sdcourse.vae import dataset_images, load_vae
 
 
 @pytest.fixture(scope="module")
 def parts():
-    return load_vae(device="cpu"), *load_text_encoder(device="cpu")
+    return load_vae(device="cpu"), *load_text_encoder(device="cpu")  # vae, text_encoder, tokenizer
 
 
 @pytest.fixture(scope="module")
 def cache(parts):
-    vae, tokenizer, text_encoder = parts
+    vae, text_encoder, tokenizer = parts
     return cache_training_data(vae, text_encoder, tokenizer, n_images=128)
 
 
 def test_images_cache_is_the_training_cache_of_any_images(parts, cache):
-    vae, tokenizer, text_encoder = parts
+    vae, text_encoder, tokenizer = parts
     images, captions = dataset_images(128), list(course_dataset(128)["text"])
     mine = images_cache(vae, text_encoder, tokenizer, images, captions, batch_size=50)  # batches of 50: the same numbers as one pass
     assert mine["captions"] == cache["captions"] == captions and mine["scaling_factor"] == cache["scaling_factor"]
@@ -56,21 +56,21 @@ def test_batches_are_a_function_of_seed_and_step(cache):
 
 
 def test_training_lowers_the_loss(cache):
-    history = train_unet(fresh(), cache, 30, batch_size=32, warmup=5)[1]
+    history = train_unet(fresh(), cache, steps=30, batch_size=32, warmup=5)[1]
     assert sum(losses(history)[-5:]) / 5 < 0.8 * sum(losses(history)[:5]) / 5
 
 
 def test_resume_continues_the_same_loss_curve(cache, tmp_path):
     ck = tmp_path / "ck.safetensors"
-    straight = train_unet(fresh(), cache, 6, batch_size=8, warmup=2)[1]
+    straight = train_unet(fresh(), cache, steps=6, batch_size=8, warmup=2)[1]
     calls = iter(range(1, 100))
     def killed_in_step_5(unet):
         if next(calls) == 5: raise KeyboardInterrupt
         return {}
     with pytest.raises(KeyboardInterrupt):
-        train_unet(fresh(), cache, 6, batch_size=8, warmup=2, checkpoint=ck, checkpoint_every=3, eval_fn=killed_in_step_5, eval_every=1)
+        train_unet(fresh(), cache, steps=6, batch_size=8, warmup=2, checkpoint=ck, checkpoint_every=3, eval_fn=killed_in_step_5, eval_every=1)
     resumed_unet = fresh(seed=1)
-    ema, resumed = train_unet(resumed_unet, cache, 6, batch_size=8, warmup=2, checkpoint=ck, resume=True)
+    ema, resumed = train_unet(resumed_unet, cache, steps=6, batch_size=8, warmup=2, checkpoint=ck, resume=True)
     assert losses(resumed) == losses(straight) and [h["lr"] for h in resumed] == [h["lr"] for h in straight]
     assert ema.optimization_step == 6
 
@@ -87,7 +87,7 @@ def test_gradient_accumulation_updates_with_the_mean_gradient_of_its_micro_batch
         seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
         return real_step(self, *args, **kwargs)
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
-    history = train_unet(unet, cache, 2, batch_size=4, warmup=1, grad_accum=2, ema_decay=0.0, max_grad_norm=1e9)[1]  # no clipping: a sum would show
+    history = train_unet(unet, cache, steps=2, batch_size=4, warmup=1, grad_accum=2, ema_decay=0.0, max_grad_norm=1e9)[1]  # no clipping: a sum would show
     assert [h["step"] for h in history] == [1, 2] and len(seen) == 2  # one update per two micro-batches
     schedule = NoiseSchedule.named("scaled_linear", device="cpu")
     by_hand.train()
@@ -98,14 +98,14 @@ def test_gradient_accumulation_updates_with_the_mean_gradient_of_its_micro_batch
 
 def test_a_killed_save_leaves_the_last_good_checkpoint(cache, tmp_path, monkeypatch):
     ck = tmp_path / "ck.safetensors"
-    train_unet(fresh(), cache, 2, batch_size=8, warmup=1, checkpoint=ck)
+    train_unet(fresh(), cache, steps=2, batch_size=8, warmup=1, checkpoint=ck)
     good = ck.read_bytes()
     def dying_save_file(tensors, filename, metadata=None):
         open(filename, "wb").write(b"half")
         raise KeyboardInterrupt
     monkeypatch.setattr(safetensors.torch, "save_file", dying_save_file)
     with pytest.raises(KeyboardInterrupt):
-        train_unet(fresh(), cache, 4, batch_size=8, warmup=1, checkpoint=ck, resume=True, checkpoint_every=1)
+        train_unet(fresh(), cache, steps=4, batch_size=8, warmup=1, checkpoint=ck, resume=True, checkpoint_every=1)
     assert ck.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["ck.safetensors"]
     monkeypatch.undo()
     assert load_checkpoint(ck, fresh(), *_ema_and_optimizer())[0] == 2
@@ -119,28 +119,28 @@ def _ema_and_optimizer():
 
 def test_bad_checkpoints_raise_clear_errors_and_touch_nothing(cache, tmp_path):
     ck = tmp_path / "ck.safetensors"
-    train_unet(fresh(), cache, 2, batch_size=8, warmup=1, checkpoint=ck)
+    train_unet(fresh(), cache, steps=2, batch_size=8, warmup=1, checkpoint=ck)
     good = ck.read_bytes()
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        train_unet(fresh(), cache, 4, checkpoint=tmp_path / "missing.safetensors", resume=True)
+        train_unet(fresh(), cache, steps=4, checkpoint=tmp_path / "missing.safetensors", resume=True)
     (tmp_path / "bad.safetensors").write_bytes(good[: len(good) // 3])
     with pytest.raises(ValueError, match="not a complete sdcourse checkpoint"):
-        train_unet(fresh(), cache, 4, checkpoint=tmp_path / "bad.safetensors", resume=True)
+        train_unet(fresh(), cache, steps=4, checkpoint=tmp_path / "bad.safetensors", resume=True)
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(ValueError, match="not a complete sdcourse checkpoint"):
-        train_unet(fresh(), cache, 4, checkpoint=tmp_path / "junk.safetensors", resume=True)
+        train_unet(fresh(), cache, steps=4, checkpoint=tmp_path / "junk.safetensors", resume=True)
     with pytest.raises(ValueError, match="another config: block_out_channels"):
-        train_unet(make_unet(block_out_channels=(32, 64, 96)), cache, 4, checkpoint=ck, resume=True)
+        train_unet(make_unet(block_out_channels=(32, 64, 96)), cache, steps=4, checkpoint=ck, resume=True)
     assert ck.read_bytes() == good
 
 
 def test_nan_loss_stops_before_a_checkpoint(cache, tmp_path):
     ck = tmp_path / "ck.safetensors"
-    train_unet(fresh(), cache, 2, batch_size=8, warmup=1, checkpoint=ck)
+    train_unet(fresh(), cache, steps=2, batch_size=8, warmup=1, checkpoint=ck)
     good = ck.read_bytes()
     poisoned = {**cache, "mu": cache["mu"] * float("nan")}
     with pytest.raises(FloatingPointError, match="at step 2"):
-        train_unet(fresh(), poisoned, 4, batch_size=8, warmup=1, checkpoint=ck, resume=True, checkpoint_every=1)
+        train_unet(fresh(), poisoned, steps=4, batch_size=8, warmup=1, checkpoint=ck, resume=True, checkpoint_every=1)
     assert ck.read_bytes() == good
 
 
@@ -149,10 +149,22 @@ def test_nan_loss_stops_before_a_checkpoint(cache, tmp_path):
                                           (dict(grad_accum=0), "grad_accum must be")])
 def test_bad_training_arguments(cache, kwargs, match):
     with pytest.raises(ValueError, match=match): train_unet(fresh(), cache, **{"steps": 2, **kwargs})
+    with pytest.raises(ValueError, match=match): TrainConfig(**{"steps": 2, **kwargs})  # checked when the recipe is made
+
+
+def test_a_recipe_is_a_config_or_keywords_and_keywords_change_a_config(cache):
+    recipe = TrainConfig(steps=2, batch_size=8, warmup=1, lr=1e-3)
+    losses = lambda history: [h["loss"] for h in history]
+    by_config = losses(train_unet(fresh(), cache, recipe)[1])
+    assert by_config == losses(train_unet(fresh(), cache, steps=2, batch_size=8, warmup=1)[1])
+    changed = losses(train_unet(fresh(), cache, recipe, seed=1)[1])  # the same recipe but for the seed: other batches
+    assert changed != by_config and recipe.seed == 0  # the config itself is frozen, unchanged
+    with pytest.raises(TypeError, match="learning_rate"): train_unet(fresh(), cache, steps=2, learning_rate=1e-3)
+    with pytest.raises(TypeError, match="config must be a TrainConfig"): train_unet(fresh(), cache, 2)  # steps is not positional
 
 
 def test_long_captions_are_truncated_with_a_warning(parts):
-    _, tokenizer, text_encoder = parts
+    _, text_encoder, tokenizer = parts
     with pytest.warns(UserWarning, match="only the first 77"):
         c = encode_prompts(text_encoder, tokenizer, ["a red circle in the top left " * 20])
     assert c.shape == (1, 77, 64)
@@ -205,5 +217,5 @@ def test_training_leaves_the_callers_global_generator_alone(cache):
     unet = fresh()
     torch.manual_seed(123); expected = torch.rand(3)
     torch.manual_seed(123)
-    train_unet(unet, cache, 2, batch_size=8, warmup=1, seed=5)
+    train_unet(unet, cache, steps=2, batch_size=8, warmup=1, seed=5)
     assert torch.equal(torch.rand(3), expected)  # the stream continues as if training had not run

@@ -5,7 +5,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from sdcourse.core import make_generator
-from sdcourse.unet import (ResBlock, ScratchUNet, SpatialTransformer, TransformerBlock, UNET_CONFIG, load_unet, make_unet,
+from sdcourse.unet import (TimeResBlock, ScratchUNet, SpatialTransformer, TransformerBlock, UNET_CONFIG, load_unet, make_unet,
                            parameter_counts, timestep_embedding)
 
 TOL = 1e-5  # float32 rounding: the blocks compute the same sums in a different order
@@ -28,7 +28,7 @@ def test_timestep_embedding_equals_diffusers():
 def test_resblock_equals_resnetblock2d(c_in, c_out):
     g = make_generator(c_in + c_out)
     theirs = ResnetBlock2D(in_channels=c_in, out_channels=c_out, temb_channels=128, groups=16, eps=1e-5).eval()
-    ours = ResBlock(c_in, c_out, 128, groups=16).eval()
+    ours = TimeResBlock(c_in, c_out, 128, groups=16).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x, temb = torch.randn(3, c_in, 4, 4, generator=g), torch.randn(3, 128, generator=g)
     with torch.no_grad(): assert (ours(x, temb) - theirs(x, temb)).abs().max() < TOL
