@@ -8,9 +8,9 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 __all__ = ['DEVICE_KINDS', 'MANIFEST', 'check_int', 'check_number', 'check_choice', 'available_devices', 'get_device',
            'seed_everything', 'make_generator', 'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit',
            'image_row', 'show_images', 'rendering_page', 'progress', 'cache_dir', 'results_path', 'quiet_libraries',
-           'temporary_sibling', 'atomic_file', 'write_json', 'save_tensors', 'save_weights', 'read_safetensors',
-           'load_weights', 'write_manifest', 'foreign_files', 'manifest_kind', 'check_output_folder', 'replace_folder',
-           'save_pretrained_atomic', 'shipped_path']
+           'temporary_sibling', 'atomic_file', 'write_json', 'training_record', 'save_tensors', 'save_weights',
+           'read_safetensors', 'load_weights', 'write_manifest', 'foreign_files', 'manifest_kind',
+           'check_output_folder', 'replace_folder', 'save_pretrained_atomic', 'shipped_path']
 
 # %% ../nbs/00_core.ipynb #1f46a43a
 import json, os, random, shutil
@@ -204,6 +204,14 @@ def write_json(record, path):
     "Write `record` (a results table, a training record) to `path` as indented JSON, atomically."
     with atomic_file(path) as tmp: tmp.write_text(json.dumps(record, indent=1))
     return Path(path)
+
+def training_record(command, history, seconds, device=None, every=10, **fields):
+    """What a trained model ships beside it (its training.json): the `command` that reproduces the run, `fields` (its settings and results),
+    how long and where it ran, and its `history` at every `every`-th step, every evaluation and the last step kept, numbers rounded to 6 places."""
+    extra = lambda h: set(h) - set(history[0])  # an evaluation adds keys to a step's entry
+    kept = [h for i, h in enumerate(history) if i % every == 0 or extra(h) or i == len(history) - 1]
+    return dict(command=command, **fields, train_seconds=round(seconds), device=str(get_device(device)), torch=torch.__version__,
+                history=[{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in kept])
 
 def save_tensors(tensors, path, metadata=None):
     "Save a dict of tensors to `path` as safetensors, atomically."

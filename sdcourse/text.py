@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import (cache_dir, check_int, check_output_folder, get_device, make_generator, progress, save_pretrained_atomic, shipped_path,
-                   signed_to_unit, tensor_to_pil)
+                   signed_to_unit, tensor_to_pil, training_record)
 from .data import SPLITS, course_dataset, grade, make_caption, sample_attributes
 from .vae import dataset_images
 
@@ -208,10 +208,9 @@ def train_course_text_encoder(steps=1500, n_images=10_000, batch_size=128, lr=1e
     save_pretrained_atomic(text_encoder_from_clip(clip), folders[1], overwrite)
     evals = {split: retrieval_accuracy(clip, tokenizer, dataset_images(256, split, seed=1), list(course_dataset(256, split, seed=1)["text"]))
              for split in ("train", "heldout")}
-    record = dict(command=f"python -c \"from sdcourse.text import train_course_text_encoder; train_course_text_encoder(steps={steps})\"",
-                  steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_train_images=n_images, train_seconds=round(seconds),
-                  device=str(get_device(device)), torch=torch.__version__, retrieval=evals,
-                  final_loss=sum(h["loss"] for h in history[-50:]) / len(history[-50:]), history=[{k: round(v, 5) for k, v in h.items()} for h in history[::10]])
+    record = training_record(f"python -c \"from sdcourse.text import train_course_text_encoder; train_course_text_encoder(steps={steps})\"",
+                             history, seconds, device, steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_train_images=n_images, retrieval=evals,
+                             final_loss=sum(h["loss"] for h in history[-50:]) / len(history[-50:]))
     save_pretrained_atomic(clip, folders[2], overwrite, {"training.json": json.dumps(record, indent=1)})
     return clip, tokenizer, record
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import (cache_dir, check_choice, check_int, check_number, check_output_folder, get_device, progress, save_pretrained_atomic,
-                   save_tensors, shipped_path, signed_to_unit, tensor_to_pil)
+                   save_tensors, shipped_path, signed_to_unit, tensor_to_pil, training_record)
 from .data import course_dataset, eval_prompts, grader_accuracy
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import encode_prompts, load_text_encoder
@@ -271,13 +271,11 @@ def train_course_unet(steps=3500,          # optimizer steps (sdcourse-tiny: 3,5
                               eval_fn=adherence_eval(vae, text_encoder, tokenizer), eval_every=eval_every, device=device)
     pipe = make_pipeline(ema_unet(unet, ema), vae, text_encoder, tokenizer)
     quality = {split: adherence(pipe, n_eval, split, guidance_scale=guidance_scale) for split in ("train", "heldout")}
-    record = dict(command=f"python -c \"from sdcourse.training import train_course_unet; train_course_unet(steps={steps})\"",
-                  steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_train_images=n_images, ema_decay=0.999, p_uncond=0.1,
-                  train_seconds=round(history[-1]["seconds"]), device=str(device), torch=torch.__version__,
-                  parameters=sum(p.numel() for p in unet.parameters()),
-                  adherence=dict(quality, images=n_eval, sampler="DPM-Solver++", steps=20, guidance_scale=guidance_scale),
-                  final_loss=sum(h["loss"] for h in history[-100:]) / len(history[-100:]),
-                  history=[h for h in history if h["step"] % 10 == 0 or len(h) > 4])
+    record = training_record(f"python -c \"from sdcourse.training import train_course_unet; train_course_unet(steps={steps})\"",
+                             history, history[-1]["seconds"], device, steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_train_images=n_images,
+                             ema_decay=0.999, p_uncond=0.1, parameters=sum(p.numel() for p in unet.parameters()),
+                             adherence=dict(quality, images=n_eval, sampler="DPM-Solver++", steps=20, guidance_scale=guidance_scale),
+                             final_loss=sum(h["loss"] for h in history[-100:]) / len(history[-100:]))
     vae_record = shipped_path("sdcourse-tiny", "vae", "training.json")  # keep the VAE's record beside the new pipeline
     records = {"unet/training.json": json.dumps(record, indent=1)} | ({"vae/training.json": vae_record.read_text()} if vae_record.exists() else {})
     save_pretrained_atomic(pipe.to("cpu"), out, overwrite, records)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import (cache_dir, check_int, check_output_folder, get_device, load_weights, make_generator, pil_to_tensor, progress,
-                   save_pretrained_atomic, save_weights, shipped_path, unit_to_signed)
+                   save_pretrained_atomic, save_weights, shipped_path, training_record, unit_to_signed)
 from .data import course_dataset
 
 # %% ../nbs/03_vae.ipynb #2e4403c2
@@ -230,10 +230,9 @@ def train_course_vae(steps=4000, n_images=10_000, out=None, batch_size=32, lr=5e
     seconds = time.time() - start
     std = latent_std(vae, images[:2000])
     vae.register_to_config(scaling_factor=1 / std)
-    record = dict(command=f"python -c \"from sdcourse.vae import train_course_vae; train_course_vae(steps={steps})\"",
-                  steps=steps, batch_size=batch_size, lr=lr, beta=beta, seed=seed, n_train_images=n_images, train_seconds=round(seconds),
-                  device=str(get_device(device)), torch=torch.__version__, heldout_mse=reconstruction_mse(vae, test), latent_std=std,
-                  scaling_factor=1 / std, final_train_mse=sum(h["mse"] for h in history[-100:]) / 100,
-                  history=[{k: round(v, 6) for k, v in h.items()} for h in history[::20]])
+    record = training_record(f"python -c \"from sdcourse.vae import train_course_vae; train_course_vae(steps={steps})\"", history, seconds, device, 20,
+                             steps=steps, batch_size=batch_size, lr=lr, beta=beta, seed=seed, n_train_images=n_images,
+                             heldout_mse=reconstruction_mse(vae, test), latent_std=std, scaling_factor=1 / std,
+                             final_train_mse=sum(h["mse"] for h in history[-100:]) / len(history[-100:]))
     save_pretrained_atomic(vae.cpu(), out, overwrite, {"training.json": json.dumps(record, indent=1)})
     return vae, record

@@ -3,6 +3,10 @@ import os, tempfile
 # Tests never write into the learner's real cache unless CI chose one.
 os.environ.setdefault("SDCOURSE_CACHE", tempfile.mkdtemp(prefix="sdcourse-test-cache-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one process per core, each on one thread (more threads would only contend)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+    torch.set_num_threads(1)
 
 import pytest
 

@@ -75,5 +75,5 @@ def test_cross_attention_probe_learns_to_find_the_named_object():
     torch.manual_seed(0)
     probe = CrossAttentionProbe()
     before = probe_pointing_accuracy(probe, test)
-    losses = train_probe(probe, train, steps=400)
+    losses = train_probe(probe, train, steps=250)  # 0.71 on the test pairs here (0.78 at 400 steps, the lecture's run)
     assert losses[-1] < losses[0] / 3 and probe_pointing_accuracy(probe, test) > max(0.6, before + 0.2)

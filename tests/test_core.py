@@ -142,3 +142,15 @@ def test_nested_outputs_count_as_ours_and_a_forged_nested_manifest_cannot_vouch_
     (tmp_path / "d").mkdir(); (tmp_path / "d" / "thesis.tex").write_text("work")
     (tmp_path / "d" / MANIFEST).write_text(json.dumps({"kind": "x", "files": {"thesis.tex": "0" * 64}}))  # forged
     assert foreign_files(tmp_path) == ["a/w.bin", "b/notes.txt", "d/thesis.tex"]
+
+
+def test_a_training_record_keeps_every_tenth_step_every_evaluation_and_the_last():
+    from sdcourse.core import training_record
+    history = [dict(step=i + 1, loss=1 / (i + 1)) for i in range(25)]
+    history[13] |= dict(train_all=0.123456789)  # an evaluation at step 14
+    record = training_record("python -c 'train()'", history, 61.6, "cpu", steps=25, lr=1e-3)
+    assert [h["step"] for h in record["history"]] == [1, 11, 14, 21, 25]
+    assert record["history"][2]["train_all"] == 0.123457 and record["history"][1]["loss"] == round(1 / 11, 6)
+    assert record["command"] == "python -c 'train()'" and record["steps"] == 25 and record["train_seconds"] == 62
+    assert record["device"] == "cpu" and record["torch"] == torch.__version__
+    assert [h["step"] for h in training_record("c", history, 1, "cpu", every=20)["history"]] == [1, 14, 21, 25]
