@@ -21,19 +21,19 @@ from .data import ShapesDataset, estimate_alpha
 # %% ../nbs/05_attention.ipynb #62bea551
 def attention(q, k, v):
     "Scaled dot-product attention, softmax(q k^T / sqrt(d_k)) v, over the last two dimensions: q [..., n, d_k], k [..., m, d_k], v [..., m, d_v]."
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    return scores.softmax(dim=-1) @ v
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [..., n, m]: every query against every key
+    return scores.softmax(dim=-1) @ v  # [..., n, d_v]
 
 # %% ../nbs/05_attention.ipynb #34ef1d38
 def split_heads(x, heads):
     "[B, n, heads * d] -> [B, heads, n, d]: each head gets its own slice of the features."
     b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
+    return x.view(b, n, heads, c // heads).transpose(1, 2)  # [B, n, heads, d] -> [B, heads, n, d]
 
 def merge_heads(x):
     "[B, heads, n, d] -> [B, n, heads * d]: concatenate the heads again."
     b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
+    return x.transpose(1, 2).reshape(b, n, h * d)  # [B, n, heads, d] -> [B, n, heads * d]
 
 # %% ../nbs/05_attention.ipynb #4e16004b
 class MultiHeadAttention(nn.Module):
@@ -55,9 +55,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"x must be [B, n, {self.dim}], got {list(x.shape)}")
         if context.ndim != 3 or context.shape[-1] != self.context_dim or context.shape[0] != x.shape[0]:
             raise ValueError(f"context must be [B={x.shape[0]}, m, {self.context_dim}] (the text encoder's hidden size), got {list(context.shape)}")
-        q, k, v = (split_heads(f(t), self.heads) for f, t in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
-        scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
-        out = self.to_out(merge_heads(scores @ v))
+        q, k, v = (split_heads(f(t), self.heads) for f, t in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))  # [B, heads, n or m, d]
+        scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # [B, heads, n, m]
+        out = self.to_out(merge_heads(scores @ v))  # [B, heads, n, d] -> [B, n, dim]
         return (out, scores) if return_scores else out
 
 # %% ../nbs/05_attention.ipynb #9507e513
@@ -73,9 +73,9 @@ class CrossAttentionProbe(nn.Module):
     def forward(self, latents, context, return_scores=False):
         "Latents [B, C, h, w] and text states [B, 77, context_dim] -> a logit per latent position [B, h, w]."
         b, c, h, w = latents.shape
-        x = self.proj_in(latents).flatten(2).transpose(1, 2) + self.pos  # a feature per position that sees its 5x5 neighbourhood
+        x = self.proj_in(latents).flatten(2).transpose(1, 2) + self.pos  # [B, h*w, dim]: a feature per position that sees its 5x5 neighbourhood
         out, scores = self.attn(x, context, return_scores=True)
-        logits = self.head(out).view(b, h, w)
+        logits = self.head(out).view(b, h, w)  # [B, h*w, 1] -> [B, h, w]
         return (logits, scores) if return_scores else logits
 
 @torch.no_grad()
@@ -123,5 +123,5 @@ def probe_mask_iou(probe, data):
 @torch.no_grad()
 def probe_pointing_accuracy(probe, data):
     "How often the probe's most confident position lies on the named object."
-    best = probe(data["latents"], data["context"]).flatten(1).argmax(1)
-    return (data["masks"].flatten(1).gather(1, best[:, None])[:, 0] > 0).float().mean().item()
+    best = probe(data["latents"], data["context"]).flatten(1).argmax(1)  # [B, h, w] -> [B, h*w] -> [B]: the most confident position
+    return (data["masks"].flatten(1).gather(1, best[:, None])[:, 0] > 0).float().mean().item()  # the mask there: [B, h*w] -> [B]

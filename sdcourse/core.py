@@ -87,7 +87,7 @@ def pil_to_tensor(image):
     if isinstance(image, (list, tuple)): return torch.stack([pil_to_tensor(o) for o in image])
     if not isinstance(image, Image.Image): raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # [H, W, 3] -> [3, H, W]
 
 def tensor_to_pil(x):
     "A float tensor in [0, 1], `[3, H, W]` or `[B, 3, H, W]`, as a PIL image (or a list of them)."
@@ -95,7 +95,7 @@ def tensor_to_pil(x):
     if x.ndim == 4: return [tensor_to_pil(o) for o in x]
     if x.ndim != 3 or x.shape[0] not in (1, 3): raise ValueError(f"x must have shape [3, H, W] or [B, 3, H, W], got {list(x.shape)}")
     arr = (x.detach().float().clamp(0, 1) * 255).round().byte().cpu()
-    return Image.fromarray(arr.expand(3, -1, -1).permute(1, 2, 0).numpy(), "RGB")
+    return Image.fromarray(arr.expand(3, -1, -1).permute(1, 2, 0).numpy(), "RGB")  # [1 or 3, H, W] -> [H, W, 3]
 
 def unit_to_signed(x):
     "Map [0, 1] to [-1, 1]."

@@ -96,7 +96,7 @@ def masks(mask, n, size):
     if len(masks_) != n: raise ValueError(f"mask has {len(masks_)} entries for {n} prompts; give one mask, or one per prompt")
     for m in masks_:
         if m.size != size: raise ValueError(f"mask is {m.size[0]}x{m.size[1]} but the image is {size[0]}x{size[1]}; they must be the same size")
-    grey = torch.from_numpy(np.stack([np.asarray(m.convert("L"), dtype=np.float32) / 255 for m in masks_]))[:, None]
+    grey = torch.from_numpy(np.stack([np.asarray(m.convert("L"), dtype=np.float32) / 255 for m in masks_]))[:, None]  # [B, H, W] -> [B, 1, H, W]
     return (grey >= 0.5).float()
 
 def latent_mask(mask, factor=8):

@@ -153,7 +153,7 @@ def low_rank_finetune(base, tuned, r):
     check_int("r", r, 1)
     out, deltas, base_weights = copy.deepcopy(tuned), weight_deltas(base, tuned), dict(base.named_parameters())
     for name, w in out.named_parameters():
-        if name in deltas: w.copy_((base_weights[name].flatten(1) + truncate_rank(deltas[name], r)).view_as(w))
+        if name in deltas: w.copy_((base_weights[name].flatten(1) + truncate_rank(deltas[name], r)).view_as(w))  # [out, in * kh * kw] back to w's shape
     return out
 
 def energy_in_top(singular_values, r):

@@ -77,7 +77,7 @@ def textual_inversion(pipe, cache, token=PLACEHOLDER, init_word="diamond", steps
     table.requires_grad_(True)
     hook = table.register_hook(lambda grad: keep_rows(grad, [row]))
     optimizer = torch.optim.Adam([table], lr=lr)  # no weight decay: it would move every row
-    with_ids = dict(cache, embeddings=tokenize(pipe.tokenizer, cache["captions"])[..., None], empty=tokenize(pipe.tokenizer, [""])[0][:, None])
+    with_ids = dict(cache, embeddings=tokenize(pipe.tokenizer, cache["captions"])[..., None], empty=tokenize(pipe.tokenizer, [""])[0][:, None])  # token ids [N, 77, 1] and [77, 1] in place of the text vectors
     schedule, history, start = NoiseSchedule.named("scaled_linear", device=pipe.device), [], time.time()
     try:
         for step in progress(range(steps), desc="textual inversion"):

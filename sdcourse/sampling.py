@@ -142,7 +142,7 @@ class ScratchScheduler:
 
     def add_noise(self, x0, noise, t):
         "Lecture 2's closed form q(x_t | x_0) for a batch of timesteps `t` (image-to-image starts from it); x0 + sigma_t noise in Euler's form."
-        if self.kind == "euler": return x0 + sigma_at(self.alpha_bar, t).to(x0.device).view(-1, *[1] * (x0.ndim - 1)) * noise
+        if self.kind == "euler": return x0 + sigma_at(self.alpha_bar, t).to(x0.device).view(-1, *[1] * (x0.ndim - 1)) * noise  # sigma [B] -> [B, 1, 1, 1]
         return self.schedule.q_sample(x0, t, noise)
 
     def previous(self, t):

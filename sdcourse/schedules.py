@@ -86,7 +86,7 @@ class NoiseSchedule:
             idx = torch.tensor(lo, device=self.device)
         if lo < 0 or hi > self.T - 1: raise ValueError(f"t must lie in [0, T-1] = [0, {self.T - 1}], got values from {lo} to {hi}")
         c = values[idx].to(x.device, x.dtype)
-        return c.view(-1, *[1] * (x.ndim - 1)) if c.ndim else c
+        return c.view(-1, *[1] * (x.ndim - 1)) if c.ndim else c  # [B] -> [B, 1, 1, 1]
 
     def q_sample(self, x0, t, noise):
         "Closed form: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."
@@ -108,7 +108,7 @@ class NoiseSchedule:
 # %% ../nbs/02_forward.ipynb #4a604720
 def ks_normal(x):
     "Kolmogorov-Smirnov distance between the samples `x` and N(0, 1): the largest gap between their CDFs."
-    x = x.flatten().double().sort().values
+    x = x.flatten().double().sort().values  # any shape -> [N], in order
     cdf = torch.special.ndtr(x)
     n = len(x)
     return max((torch.arange(1, n + 1, dtype=torch.float64) / n - cdf).max().item(), (cdf - torch.arange(n, dtype=torch.float64) / n).max().item())

@@ -26,8 +26,8 @@ def timestep_embedding(t, dim, max_period=10_000):
     if dim % 2: raise ValueError(f"dim must be even (half cosines, half sines), got {dim}")
     half = dim // 2
     w = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.float()[:, None] * w[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+    angles = t.float()[:, None] * w[None]  # [B, 1] * [1, dim/2] -> [B, dim/2]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)  # [B, dim]
 
 # %% ../nbs/06_unet.ipynb #07bf38c3
 class TimestepMLP(nn.Module):
@@ -100,7 +100,7 @@ class SpatialTransformer(nn.Module):
         b, c, height, width = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # [B, H*W, C]: one token per position
         for block in self.transformer_blocks: h = block(h, context)
-        return x + self.proj_out(h.transpose(1, 2).reshape(b, c, height, width))
+        return x + self.proj_out(h.transpose(1, 2).reshape(b, c, height, width))  # tokens back to [B, C, H, W]
 
 # %% ../nbs/06_unet.ipynb #d87003f6
 class Downsample(nn.Module):
