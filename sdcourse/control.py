@@ -257,8 +257,17 @@ def iou_during_training(pipe, n=32):
         return dict(iou=control_scores(images, captions, masks)["iou"])
     return eval_fn
 
-def train_controlnet(pipe, cache, steps=2400, batch_size=64, lr=1e-3, ema_decay=0.995, seed=0, checkpoint=None, resume=False, eval_every=None,
-                     device=None):
+def train_controlnet(pipe,              # sdcourse-tiny (its UNet is frozen and steered)
+                     cache,             # `control_cache`: lecture 7's training cache plus each image's mask
+                     steps=2400,        # optimizer steps
+                     batch_size=64,     # images per step
+                     lr=1e-3,           # AdamW's peak learning rate
+                     ema_decay=0.995,   # the EMA of the ControlNet's weights, which it returns
+                     seed=0,            # seeds the ControlNet's initial weights and the run
+                     checkpoint=None,   # a safetensors file to save to (and resume from)
+                     resume=False,      # continue the run saved in `checkpoint`
+                     eval_every=None,   # record `iou_during_training` every so many steps
+                     device=None):      # None: CUDA, then MPS, then the CPU
     """A new ControlNet (`make_controlnet`) for `pipe`'s UNet, trained on `control_cache` with lecture 7's `train_unet`, half the captions
     dropped; the UNet is frozen (its `requires_grad` set to False). `eval_every`: record `iou_during_training` that often.
     Returns `(controlnet, history)`, the ControlNet holding the EMA weights."""

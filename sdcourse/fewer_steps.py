@@ -192,7 +192,16 @@ class ScratchFlowScheduler:
 # %% ../nbs/15_fewer_steps.ipynb #3bccf476
 FLOW_UNET = ("lectures", "15_fewer_steps", "flow-unet")  # the shipped flow-matching UNet, beside this lecture's records
 
-def train_flow_unet(cache, steps=3500, batch_size=128, lr=1e-3, seed=0, checkpoint=None, resume=False, eval_fn=None, eval_every=None, device=None):
+def train_flow_unet(cache,            # lecture 7's training cache
+                    steps=3500,       # optimizer steps (sdcourse-tiny's)
+                    batch_size=128,   # images per step
+                    lr=1e-3,          # AdamW's peak learning rate
+                    seed=0,           # seeds the UNet's initial weights and the run
+                    checkpoint=None,  # a safetensors file to save to (and resume from)
+                    resume=False,     # continue the run saved in `checkpoint`
+                    eval_fn=None,     # measures the EMA weights every `eval_every` steps (`sampling_eval` with the flow sampler)
+                    eval_every=None,  # steps between evaluations
+                    device=None):     # None: CUDA, then MPS, then the CPU
     "Lecture 7's sdcourse-tiny recipe with the flow-matching objective: a new `make_unet()` trained on `cache`; returns `(UNet with EMA weights, history)`."
     torch.manual_seed(seed)
     unet = make_unet()

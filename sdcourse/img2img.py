@@ -69,8 +69,17 @@ def encode_source(vae, x, generator):
 
 # %% ../nbs/09_img2img.ipynb #2d8a9f27
 @torch.no_grad()
-def img2img(pipe, image, prompt, strength=0.6, negative_prompt=None, steps=20, guidance_scale=5.0, seed=0, scheduler=None, eta=0.0,
-            output_type="pil"):
+def img2img(pipe,                  # as `generate` takes
+            image,                 # the source: a PIL image (or one per prompt), its sides multiples of the VAE's factor
+            prompt,                # what the result should show: a str, or one per image
+            strength=0.6,          # how far back to noise the source, in [0, 1]: 0 keeps it, 1 starts from (almost) pure noise
+            negative_prompt=None,  # as `generate`
+            steps=20,              # the steps a full run would take; img2img runs the last `strength` of them
+            guidance_scale=5.0,    # as `generate`
+            seed=0,                # as `generate`
+            scheduler=None,        # as `generate`
+            eta=0.0,               # as `generate`
+            output_type="pil"):    # as `generate`
     """SDEdit: encode `image`, noise its latent to the timestep `strength` picks, and denoise from there towards `prompt`.
     Takes what `generate` takes; strength 0 returns the VAE round trip, strength 1 starts from (almost) pure noise."""
     prompts, negatives, scheduler, steps = check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler)
@@ -105,8 +114,18 @@ def latent_mask(mask, factor=8):
 
 # %% ../nbs/09_img2img.ipynb #022cec8c
 @torch.no_grad()
-def inpaint(pipe, image, mask, prompt, strength=1.0, negative_prompt=None, steps=20, guidance_scale=5.0, seed=0, scheduler=None, eta=0.0,
-            output_type="pil"):
+def inpaint(pipe,                  # as `generate` takes
+            image,                 # the source: a PIL image (or one per prompt)
+            mask,                  # a PIL image the size of `image` (or one per prompt): white (>= 0.5) is repainted, black kept
+            prompt,                # what the repainted region should show
+            strength=1.0,          # as `img2img`: 1 repaints the masked region from noise
+            negative_prompt=None,  # as `generate`
+            steps=20,              # as `img2img`
+            guidance_scale=5.0,    # as `generate`
+            seed=0,                # as `generate`
+            scheduler=None,        # as `generate`
+            eta=0.0,               # as `generate`
+            output_type="pil"):    # as `generate`
     """Inpainting with an ordinary (4-channel) UNet: denoise everywhere, and after every step put back the known region,
     the source latent noised to the next timestep. `mask`: white (>= 0.5) is repainted, black kept."""
     prompts, negatives, scheduler, steps = check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler)

@@ -240,7 +240,16 @@ def text_context(pipe, prompts, negatives, guidance_scale):
     if both_branches(guidance_scale): return torch.cat([encode(negatives), encode(prompts)])
     return encode(prompts if guidance_scale == 1 else negatives)
 
-def denoise(pipe, x, timesteps, context, guidance_scale, scheduler, generator=None, eta=0.0, after_step=None, show_progress=False):
+def denoise(pipe,                  # anything with a `unet`
+            x,                     # the starting latents [B, C, h, w], already scaled for the scheduler
+            timesteps,             # the timesteps to run, in order
+            context,               # text states: [2B, 77, D] (unconditional, then conditional) with guidance, else [B, 77, D] (`text_context`)
+            guidance_scale,        # w of classifier-free guidance
+            scheduler,             # a scheduler whose `set_timesteps` has been called
+            generator=None,        # for the schedulers that draw noise (DDPM, DDIM with eta > 0, LCM)
+            eta=0.0,               # DDIM's eta, for the schedulers that take it
+            after_step=None,       # `after_step(i, t, x)` returns x edited after each step (inpainting puts the known region back)
+            show_progress=False):  # a progress bar over the steps
     "Run `scheduler` over `timesteps` from the latents `x` with guided noise predictions; `after_step(i, t, x)` may edit x after each step."
     accepts = inspect.signature(scheduler.step).parameters
     step_kwargs = {**({"eta": eta} if "eta" in accepts else {}), **({"generator": generator} if "generator" in accepts else {})}

@@ -130,7 +130,16 @@ def contrastive_loss(logits_per_text):
     return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.T, labels)) / 2
 
 # %% ../nbs/04_text.ipynb #80215678
-def train_mini_clip(clip, tokenizer, images, captions, steps=1000, batch_size=256, lr=1e-3, warmup=100, seed=0, device=None):
+def train_mini_clip(clip,            # a `make_mini_clip` model
+                    tokenizer,       # the course's tokenizer
+                    images,          # [N, 3, H, W] in [-1, 1]
+                    captions,        # N captions, one per image
+                    steps=1000,      # optimizer steps
+                    batch_size=256,  # pairs per step: each image's caption is one right answer among batch_size
+                    lr=1e-3,         # AdamW's peak learning rate
+                    warmup=100,      # steps of linear warm-up before the cosine decay
+                    seed=0,          # seeds the batches
+                    device=None):    # None: CUDA, then MPS, then the CPU
     "Train `clip` contrastively on images ([N, 3, H, W] in [-1, 1]) and their captions; returns the loss history."
     from diffusers.optimization import get_cosine_schedule_with_warmup
     device = get_device(device)

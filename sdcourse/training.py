@@ -149,8 +149,19 @@ class TrainConfig:
         if not 0 <= self.p_uncond < 1: raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
         if self.mixed_precision is not None: check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
 
-def train_unet(unet, cache, config=None, *, checkpoint=None, checkpoint_every=500, resume=False, eval_fn=None, eval_every=None,
-               device=None, batch=training_batch, loss_fn=diffusion_loss, **recipe):
+def train_unet(unet,                   # the model to train, in place: a UNet, or anything `loss_fn` knows how to call
+               cache,                  # a `TrainingCache`
+               config=None,            # a `TrainConfig`: the recipe
+               *,
+               checkpoint=None,        # a safetensors file to save to (and, with `resume`, to continue from)
+               checkpoint_every=500,   # steps between checkpoints (and the last step)
+               resume=False,           # continue the run saved in `checkpoint`, if it holds this same recipe
+               eval_fn=None,           # `eval_fn(unet)` -> a dict of scores of the EMA weights, added to the history
+               eval_every=None,        # steps between evaluations
+               device=None,            # None: CUDA, then MPS, then the CPU
+               batch=training_batch,   # `batch(cache, step, batch_size, seed, p_uncond, T)` -> the step's tensors
+               loss_fn=diffusion_loss, # `loss_fn(unet, schedule, *tensors)` -> the loss
+               **recipe):              # `TrainConfig` fields: make one (`steps=30`) or change `config`'s
     """Algorithm 1 with AdamW, warm-up + cosine decay, gradient clipping, an EMA of the weights, `accelerate` for the
     device, mixed precision and gradient accumulation, and resumable checkpoints. Returns `(ema, history)`.
     The recipe is `config` (a `TrainConfig`) with `recipe`'s fields changed, or `TrainConfig(**recipe)`: `train_unet(unet, cache, steps=30)`.

@@ -117,7 +117,16 @@ def vae_loss(vae, x, beta, generator=None):
     return mse + beta * kl, mse, kl
 
 # %% ../nbs/03_vae.ipynb #4405f332
-def train_vae(vae, images, steps=1000, batch_size=32, lr=5e-4, beta=1e-5, warmup=100, seed=0, device=None, desc="training VAE"):
+def train_vae(vae,                 # a `ScratchVAE` or diffusers `AutoencoderKL`, trained in place
+              images,              # [N, 3, H, W] in [-1, 1]
+              steps=1000,          # optimizer steps
+              batch_size=32,       # images per step
+              lr=5e-4,             # AdamW's peak learning rate
+              beta=1e-5,           # the KL term's weight: small keeps reconstructions sharp, large fills the latent space in
+              warmup=100,          # steps of linear warm-up before the cosine decay
+              seed=0,              # seeds the batches and the reparameterisation noise
+              device=None,         # None: CUDA, then MPS, then the CPU
+              desc="training VAE"):  # the progress bar's label
     "Train `vae` on `images` ([N, 3, H, W] in [-1, 1]) with AdamW, warm-up then cosine decay; returns the loss history."
     from diffusers.optimization import get_cosine_schedule_with_warmup
     steps, batch_size = check_int("steps", steps, 1), check_int("batch_size", batch_size, 1)
