@@ -13,7 +13,8 @@ from sdcourse.schedules import NoiseSchedule
 from sdcourse.text import encode_prompts, load_text_encoder
 from sdcourse.training import cache_training_data, diffusion_loss, training_batch
 from sdcourse.unet import make_unet
-from sdcourse.vae import dataset_images, encode_images, load_vae
+from sdcourse.data import dataset_images
+from sdcourse.vae import encode_images, load_vae
 
 
 def steps_per_second(step, repeats, device):

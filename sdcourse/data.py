@@ -10,7 +10,8 @@ __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS'
            'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes', 'shape_mask', 'jitter', 'render_with_mask', 'render',
            'make_caption', 'sample_attributes', 'make_example', 'example_caption', 'example_mask', 'ShapesDataset',
            'parse_caption', 'word_hint', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy',
-           'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset']
+           'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset',
+           'dataset_tensors', 'dataset_images', 'heldout_images']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
 import csv, json, math, re
@@ -20,7 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .core import cache_dir, check_choice, check_int, foreign_files, manifest_kind, progress, replace_folder
+import torch
+
+from .core import (cache_dir, check_choice, check_int, foreign_files, manifest_kind, pil_to_tensor, progress, replace_folder,
+                           unit_to_signed)
 
 # %% ../nbs/01_data.ipynb #da154a83
 COLOURS = {"red": (220, 50, 47), "orange": (245, 140, 30), "yellow": (240, 210, 40),
@@ -350,3 +354,16 @@ def course_dataset(n, split="train", seed=0, size=64):
     "The course's standard path into training: export (once, cached) and load with `datasets`."
     folder = cache_dir("data") / f"{split}-n{n}-seed{seed}-{size}px"
     return load_imagefolder(export_imagefolder(folder, n, split, seed, size))
+
+def dataset_tensors(n, split="train", seed=0, size=64):
+    "`n` course examples through that standard path, as models take them: the images [n, 3, size, size] in [-1, 1], and their captions."
+    ds = course_dataset(n, split, seed, size)
+    return unit_to_signed(pil_to_tensor([im.convert("RGB") for im in ds["image"]])), list(ds["text"])
+
+def dataset_images(n, split="train", seed=0, size=64):
+    "The images of `dataset_tensors(n, split, seed, size)`: [n, 3, size, size] in [-1, 1]."
+    return dataset_tensors(n, split, seed, size)[0]
+
+def heldout_images(n=500):
+    "Images no model trains on (seed 1): `n` of the training split, then `n` of the held-out pairs, [2n, 3, 64, 64] in [-1, 1]."
+    return torch.cat([dataset_images(n, "train", seed=1), dataset_images(n, "heldout", seed=1)])

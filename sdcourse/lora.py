@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from .core import atomic_file, check_int, read_safetensors
-from .data import course_dataset, eval_prompts, grade, grader_accuracy
+from .data import dataset_tensors, eval_prompts, grade, grader_accuracy
 from .sampling import generate
 from .training import cache_training_data, images_cache, train_unet
-from .vae import dataset_images
 
 # %% ../nbs/10_lora.ipynb #d4c2a960
 class LoRALinear(nn.Module):
@@ -242,7 +241,8 @@ def set_lora_strengths(pipe, strengths):
 # %% ../nbs/10_lora.ipynb #435b238b
 def negative_cache(vae, text_encoder, tokenizer, n_images=200, seed=7):
     "A style to learn: base images with their colours inverted, like a photographic negative, under their usual captions."
-    return images_cache(vae, text_encoder, tokenizer, -dataset_images(n_images, "train", seed), course_dataset(n_images, "train", seed)["text"])
+    images, captions = dataset_tensors(n_images, "train", seed)
+    return images_cache(vae, text_encoder, tokenizer, -images, captions)
 
 def background_flipped(images, captions):
     "Share of images whose background is the opposite of the one the caption names (captions without one are skipped): the negative style's strength."

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 from .core import (cache_dir, check_int, check_output_folder, get_device, make_generator, progress, save_pretrained_atomic, shipped_path,
                    signed_to_unit, tensor_to_pil, training_record)
-from .data import SPLITS, course_dataset, grade, make_caption, sample_attributes
-from .vae import dataset_images
+from .data import SPLITS, dataset_tensors, grade, make_caption, sample_attributes
 
 # %% ../nbs/04_text.ipynb #2072762c
 def bytes_to_unicode():
@@ -207,15 +206,14 @@ def train_course_text_encoder(steps=1500, n_images=10_000, batch_size=128, lr=1e
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     clip = make_mini_clip(tokenizer)
-    ds = course_dataset(n_images)
-    images, captions = dataset_images(n_images), list(ds["text"])
+    images, captions = dataset_tensors(n_images)
     start = time.time()
     history = train_mini_clip(clip, tokenizer, images, captions, steps, batch_size, lr, seed=seed, device=device)
     seconds = time.time() - start
     clip.cpu()
     save_pretrained_atomic(tokenizer, folders[0], overwrite)
     save_pretrained_atomic(text_encoder_from_clip(clip), folders[1], overwrite)
-    evals = {split: retrieval_accuracy(clip, tokenizer, dataset_images(256, split, seed=1), list(course_dataset(256, split, seed=1)["text"]))
+    evals = {split: retrieval_accuracy(clip, tokenizer, *dataset_tensors(256, split, seed=1))
              for split in ("train", "heldout")}
     record = training_record(f"python -c \"from sdcourse.text import train_course_text_encoder; train_course_text_encoder(steps={steps})\"",
                              history, seconds, device, steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_train_images=n_images, retrieval=evals,

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from .core import (cache_dir, check_choice, check_int, check_number, check_output_folder, get_device, progress, save_pretrained_atomic,
                    save_tensors, shipped_path, signed_to_unit, tensor_to_pil, training_record)
-from .data import course_dataset, eval_prompts, grader_accuracy
+from .data import dataset_images, dataset_tensors, eval_prompts, grader_accuracy
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import encode_prompts, load_text_encoder
 from .unet import make_unet
-from .vae import dataset_images, decode_latents, downsample_factor, load_vae, posterior, reparameterize
+from .vae import decode_latents, downsample_factor, load_vae, posterior, reparameterize
 
 # %% ../nbs/07_training.ipynb #1a4feb41
 class TrainingCache(TypedDict, total=False):
@@ -53,7 +53,7 @@ def images_cache(vae, text_encoder, tokenizer, images, captions, batch_size=250)
 
 def cache_training_data(vae, text_encoder, tokenizer, n_images=10_000, split="train", seed=0, batch_size=250):
     "The training cache of `n_images` course images of `split`: `images_cache` on the dataset, exported and loaded once."
-    return images_cache(vae, text_encoder, tokenizer, dataset_images(n_images, split, seed), course_dataset(n_images, split, seed)["text"], batch_size)
+    return images_cache(vae, text_encoder, tokenizer, *dataset_tensors(n_images, split, seed), batch_size)
 
 # %% ../nbs/07_training.ipynb #7c5d3c64
 def batch_indices(cache, step, batch_size, seed=0):

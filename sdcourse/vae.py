@@ -6,9 +6,9 @@ Docs: https://sdcourse.github.io/sdcourse/vae.html.md"""
 
 # %% auto #0
 __all__ = ['VAE_CONFIG', 'ResBlock', 'Encoder', 'Decoder', 'ScratchVAE', 'reparameterize', 'kl_divergence', 'downsample_factor',
-           'check_images', 'posterior', 'decode', 'vae_loss', 'train_vae', 'reconstruction_mse', 'dataset_images',
-           'heldout_images', 'save_scratch_vae', 'load_scratch_vae', 'make_vae', 'load_vae', 'encode_images',
-           'decode_latents', 'latent_std', 'train_course_vae']
+           'check_images', 'posterior', 'decode', 'vae_loss', 'train_vae', 'reconstruction_mse', 'save_scratch_vae',
+           'load_scratch_vae', 'make_vae', 'load_vae', 'encode_images', 'decode_latents', 'latent_std',
+           'train_course_vae']
 
 # %% ../nbs/03_vae.ipynb #58a7c37d
 import json, time
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (cache_dir, check_int, check_output_folder, get_device, load_weights, make_generator, pil_to_tensor, progress,
-                   save_pretrained_atomic, save_weights, shipped_path, training_record, unit_to_signed)
-from .data import course_dataset
+from .core import (cache_dir, check_int, check_output_folder, get_device, load_weights, make_generator, progress,
+                   save_pretrained_atomic, save_weights, shipped_path, training_record)
+from .data import dataset_images, heldout_images
 
 # %% ../nbs/03_vae.ipynb #2e4403c2
 class ResBlock(nn.Module):
@@ -160,15 +160,6 @@ def reconstruction_mse(vae, images, batch_size=128, device=None):
         x = check_images(vae, images[i:i + batch_size].to(device))
         total += F.mse_loss(decode(vae, posterior(vae, x)[0]), x, reduction="sum").item()
     return total / images.numel()
-
-# %% ../nbs/03_vae.ipynb #c3727cce
-def dataset_images(n, split="train", seed=0, size=64):
-    "`n` course images as a [n, 3, size, size] tensor in [-1, 1], through the standard `datasets` path."
-    return unit_to_signed(pil_to_tensor([im.convert("RGB") for im in course_dataset(n, split, seed, size)["image"]]))
-
-def heldout_images(n=500):
-    "Images no model trains on (seed 1): `n` of the training split and `n` held-out combinations."
-    return torch.cat([dataset_images(n, "train", seed=1), dataset_images(n, "heldout", seed=1)])
 
 # %% ../nbs/03_vae.ipynb #7a91d016
 def save_scratch_vae(vae, path):

@@ -1,6 +1,6 @@
 import hashlib, multiprocessing as mp
 
-import numpy as np, pytest
+import numpy as np, pytest, torch
 from PIL import Image
 
 from sdcourse.data import (COLOURS, HELDOUT_COMBOS, NEW_SHAPE, POSITIONS, SHAPES, SPLITS, Attributes, ShapesDataset,
@@ -197,3 +197,12 @@ def test_word_hints_name_the_attribute_and_the_course_words():
     assert word_hint("Crimson") == "for the colour, the course's captions say red, orange, yellow, green, blue, purple"
     assert word_hint("tiny") == "for the size, the course's captions say small, little, large, big"
     assert word_hint("zebra") is None and word_hint("red") is None  # unknown, and a course word: no hint
+
+
+def test_dataset_tensors_are_the_exported_examples_as_models_take_them():
+    from sdcourse.data import dataset_tensors, heldout_images
+    images, captions = dataset_tensors(6, "heldout", seed=2)
+    assert images.shape == (6, 3, 64, 64) and images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
+    assert captions == [make_example(i, "heldout", 2)[1] for i in range(6)]
+    assert torch.equal(images[3], torch.from_numpy(np.asarray(make_example(3, "heldout", 2)[0])).permute(2, 0, 1) / 127.5 - 1)  # the PNG round trip is lossless
+    assert heldout_images(3).shape == (6, 3, 64, 64)

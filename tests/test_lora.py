@@ -13,7 +13,7 @@ from sdcourse.lora import (LORA_FILE, LoRALinear, add_lora, background_flipped, 
                            load_lora, lora_config, lora_parameters, lora_state_dict, lora_targets, merge_lora, save_lora,
                            set_lora_strengths, with_prior)
 from sdcourse.training import cache_training_data, load_pipeline
-from sdcourse.vae import dataset_images
+from sdcourse.data import dataset_images
 
 STARS = shipped_path("lectures", "10_lora", "stars")
 NEGATIVE = shipped_path("lectures", "10_lora", "negative")

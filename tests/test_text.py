@@ -6,7 +6,7 @@ from sdcourse.core import shipped_path
 from sdcourse.data import ShapesDataset
 from sdcourse.text import (MAX_LENGTH, build_tokenizer, contrastive_loss, encode_prompts, learn_bpe, load_mini_clip,
                            load_text_encoder, make_mini_clip, retrieval_accuracy, text_encoder_from_clip, tokenize, unknown_words, word_symbols)
-from sdcourse.vae import dataset_images
+from sdcourse.data import dataset_images
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import sdcourse.lora, sdcourse.training
 from sdcourse.lora import adaptation_scores, negative_cache
 from sdcourse.text import load_mini_clip, load_text_encoder, text_encoder_from_clip, train_course_text_encoder
 from sdcourse.training import compare_pixel_latent, images_cache, load_pipeline
-from sdcourse.vae import dataset_images
+from sdcourse.data import dataset_images
 from sdcourse.data import course_dataset
 
 

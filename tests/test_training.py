@@ -9,7 +9,8 @@ from sdcourse.data import course_dataset, eval_prompts
 from sdcourse.training import (adherence, cache_training_data, generate_images, images_cache, load_checkpoint, load_pipeline,
                                train_course_unet, train_unet, training_batch, TrainConfig)
 from sdcourse.unet import make_unet
-from sdcourse.vae import dataset_images, load_vae
+from sdcourse.data import dataset_images
+from sdcourse.vae import load_vae
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ import json
 import pytest, torch
 
 from sdcourse.core import make_generator, shipped_path
-from sdcourse.vae import (ScratchVAE, check_images, decode_latents, encode_images, heldout_images, kl_divergence,
+from sdcourse.data import heldout_images
+from sdcourse.vae import (ScratchVAE, check_images, decode_latents, encode_images, kl_divergence,
                           load_scratch_vae, load_vae, make_vae, posterior, reconstruction_mse, reparameterize, save_scratch_vae,
                           train_vae, vae_loss)
 
