@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .core import atomic_file, check_int, read_safetensors
-from .data import dataset_tensors, eval_prompts, grade, grader_accuracy
-from .sampling import generate
+from .data import dataset_tensors, eval_prompts, grade
+from .sampling import grades, measure_sampling
 from .training import cache_training_data, images_cache, train_unet
 
 # %% ../nbs/10_lora.ipynb #d4c2a960
@@ -131,7 +131,7 @@ def adaptation_scores(pipe, n=100, seed=0, concept_word=CONCEPT_WORD):
     for split in ("concept", "train"):
         prompts = eval_prompts(n, split)
         asked = rename_concept(prompts, concept_word) if split == "concept" else prompts
-        scores[split] = grader_accuracy(generate(pipe, asked, seed=seed), prompts)
+        scores[split] = grades(measure_sampling(pipe, None, prompts=prompts, asked=asked, seed=seed))  # lecture 8's draw and grade
     return scores
 
 # %% ../nbs/10_lora.ipynb #b5413b2d

@@ -5,7 +5,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
 from sdcourse.exercises import check_ddim_step, check_guided_noise
 from sdcourse.sampling import (SCHEDULERS, SPACINGS, GuidanceWidget, ScratchScheduler, ddim_step, ddpm_step, draw_noise, euler_step, generate,
-                               guided_noise, make_scheduler, measure_sampling, sampling_eval, sampling_timesteps, seed_generators, sigma_at, slerp)
+                               grades, guided_noise, make_scheduler, measure_sampling, sampling_eval, sampling_timesteps, seed_generators, sigma_at, slerp)
 from sdcourse.core import tensor_to_pil
 from sdcourse.data import eval_prompts, grader_accuracy
 from sdcourse.schedules import SCHEDULER_CONFIG
@@ -263,3 +263,14 @@ def test_sampling_eval_grades_what_the_trained_unet_draws_with_any_scheduler(pip
     assert sampling_eval(pipe, ddim, steps=10, guidance_scale=3.0, prompt_sets={"mine": PROMPTS})(untrained)["mine_all"] < scores["mine_all"]
     default = sampling_eval(pipe, n=2, steps=2)(pipe.unet)  # n held-back captions of the training and of the held-out pairs
     assert {"train_all", "heldout_all"} <= set(default) and all(k.split("_")[0] in ("train", "heldout") for k in default)
+
+
+def test_measure_sampling_draws_what_it_is_asked_and_grades_the_captions(pipe):
+    default = measure_sampling(pipe, "dpm++", 4, n=4, split="heldout")
+    given = measure_sampling(pipe, "dpm++", 4, prompts=eval_prompts(4, "heldout"))
+    assert grades(given) == grades(default) and set(default) - set(grades(default)) == {"seconds_per_image", "latent_std", "clipped"}
+    other_words = [p.replace("circle", "ring").replace("square", "box") for p in PROMPTS]  # words the model never learned...
+    renamed = measure_sampling(pipe, "dpm++", 4, prompts=PROMPTS, asked=other_words)  # ...graded against the captions
+    assert grades(renamed) == grader_accuracy(generate(pipe, other_words, steps=4, scheduler="dpm++"), PROMPTS)  # drawn from `asked`, graded on `prompts`
+    assert grades(renamed) != grades(measure_sampling(pipe, "dpm++", 4, prompts=PROMPTS)) or other_words == PROMPTS
+    with pytest.raises(ValueError, match="asked has 1 prompts for 4 captions"): measure_sampling(pipe, "dpm++", 4, prompts=PROMPTS, asked=PROMPTS[:1])

@@ -49,8 +49,8 @@ def test_negative_cache_is_the_base_images_inverted():
 
 def test_adaptation_scores_prompts_with_the_concept_word_and_grades_the_star(monkeypatch):
     pipe, asked = load_pipeline(), []
-    real_generate = sdcourse.lora.generate
-    monkeypatch.setattr(sdcourse.lora, "generate", lambda pipe, prompts, **kw: asked.append(prompts) or real_generate(pipe, prompts, steps=4, **kw))
+    real = sdcourse.lora.measure_sampling
+    monkeypatch.setattr(sdcourse.lora, "measure_sampling", lambda pipe, scheduler, **kw: asked.append(kw["asked"]) or real(pipe, scheduler, 4, **kw))
     scores = adaptation_scores(pipe, n=3, concept_word="<star>")
     assert set(scores) == {"concept", "train"} and all(0 <= s["all"] <= 1 for s in scores.values())
     assert all("<star>" in p for p in asked[0]) and not any("<star>" in p for p in asked[1])
