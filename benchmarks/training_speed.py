@@ -31,12 +31,13 @@ def main():
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--n-images", type=int, default=1024, help="images to cache and to draw batches from")
     parser.add_argument("--record", default=None, help="also write the measurements to this JSON file")
     args = parser.parse_args()
     device, bs = get_device(args.device), args.batch_size
     vae, (text_encoder, tokenizer) = load_vae(device=device), load_text_encoder(device=device)
-    cache = cache_training_data(vae, text_encoder, tokenizer, n_images=1024)
-    images = dataset_images(1024)
+    cache = cache_training_data(vae, text_encoder, tokenizer, n_images=args.n_images)
+    images = dataset_images(args.n_images)
     unet, schedule = make_unet().to(device).train(), NoiseSchedule.named("scaled_linear", device=device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     state = {"step": 0}

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from . import __version__
-from .core import (check_output_folder, get_device, pil_to_tensor, quiet_libraries, replace_folder, save_pretrained_atomic, atomic_file,
+from .core import (atomic_file, check_output_folder, get_device, pil_to_tensor, quiet_libraries, replace_folder, save_pretrained_atomic,
                    unit_to_signed)
 from .data import SPLITS, export_imagefolder, grade, load_imagefolder
 from .img2img import img2img, inpaint

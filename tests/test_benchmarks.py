@@ -30,7 +30,7 @@ def test_vae_speed(tmp_path):
 
 @pytest.mark.slow
 def test_training_speed(tmp_path):
-    out, record = run("training_speed.py", "--batch-size", "2", "--repeats", "1", "--device", "cpu", tmp_path=tmp_path)
+    out, record = run("training_speed.py", "--batch-size", "2", "--repeats", "1", "--n-images", "64", "--device", "cpu", tmp_path=tmp_path)
     assert "caching makes a step" in out and "shipped run" in out
     assert record["cached_steps_per_s"] > 0 and record["uncached_steps_per_s"] > 0 and record["batch_size"] == 2
 
