@@ -25,7 +25,7 @@ from .data import dataset_images, dataset_tensors, eval_prompts, grader_accuracy
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import encode_prompts, load_text_encoder
 from .unet import make_unet
-from .vae import decode_latents, downsample_factor, load_vae, posterior, reparameterize
+from .vae import decode_latents, load_vae, posterior, reparameterize
 
 # %% ../nbs/07_training.ipynb #1a4feb41
 class TrainingCache(TypedDict, total=False):
@@ -334,10 +334,9 @@ def compare_pixel_latent(seconds=120, n_images=10_000, n_eval=(50, 10), seed=0):
         torch.manual_seed(seed)
         unet = make_unet(**overrides)
         ema, history = train_unet(unet, data, steps=steps, batch_size=batch_size, warmup=min(200, steps // 5 + 1), seed=seed)
-        # diffusers' pipeline samples any UNet (20 DPM-Solver++ steps, guidance 5); "latent" output skips the VAE: for the pixel model, the images.
-        # It counts sizes in the VAE's pixels, so the pixel UNet's 64 x 64 samples are asked for as 512 x 512.
-        prompts, side = eval_prompts(n), unet.config.sample_size * downsample_factor(vae)
-        samples = generate_images(make_pipeline(ema_unet(unet, ema), vae, text_encoder, tokenizer), prompts, seed, height=side, width=side,
+        # diffusers' pipeline samples any UNet (20 DPM-Solver++ steps, guidance 5); "latent" output skips the VAE: for the pixel model, the images
+        prompts = eval_prompts(n)
+        samples = generate_images(make_pipeline(ema_unet(unet, ema), vae, text_encoder, tokenizer), prompts, seed,
                                   output_type="latent")  # [n, C, sample_size, sample_size]
         images = samples.clamp(-1, 1) if space == "pixel" else decode_latents(vae, samples)
         results[space] = dict(batch_size=batch_size, steps=steps, seconds=history[-1]["seconds"], seconds_per_step=history[-1]["seconds"] / steps,
