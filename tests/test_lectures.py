@@ -77,7 +77,7 @@ def test_lectures_run_all_with_their_slow_cells_and_write_nothing(tmp_path):
 
 def test_what_the_course_ships_is_as_committed():
     """CI runs every lecture (`nbdev-test`) before pytest, on a fresh clone: nothing in data/ may differ from the commit afterwards, so no
-    lecture (and no test before this one) wrote into what the course ships. Locally, uncommitted files in data/ fail it too: commit them."""
+    lecture (and no test that ran before it) wrote into what the course ships. Locally, uncommitted files in data/ fail it too: commit them."""
     if not (ROOT / ".git").exists(): pytest.skip("not a git checkout")
     changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "data"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert changed == "", f"data/ differs from the last commit (a lecture or a test wrote there, or it is not committed yet):\n{changed[:2000]}"
