@@ -6,12 +6,13 @@ Docs: https://sdcourse.github.io/sdcourse/data.html.md"""
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS', 'HELDOUT_COMBOS', 'SPLITS', 'SUPERSAMPLE',
-           'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'FILLER_WORDS', 'CAPTION_WORDS', 'NEAR_WORDS',
+           'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'BACKGROUND_WORDS', 'BARE_POSITIONS', 'REQUESTS', 'PHRASINGS',
+           'TRAIN_PHRASINGS', 'HELDOUT_PHRASINGS', 'CAPTION_PHRASINGS', 'FILLER_WORDS', 'CAPTION_WORDS', 'NEAR_WORDS',
            'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes', 'shape_mask', 'jitter', 'render_with_mask', 'render',
-           'make_caption', 'sample_attributes', 'make_example', 'example_caption', 'example_mask', 'ShapesDataset',
-           'parse_caption', 'word_hint', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy',
-           'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder', 'course_dataset',
-           'dataset_tensors', 'dataset_images', 'heldout_images']
+           'template_caption', 'make_caption', 'sample_attributes', 'make_example', 'example_caption', 'example_mask',
+           'ShapesDataset', 'parse_caption', 'word_hint', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade',
+           'grader_accuracy', 'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder',
+           'course_dataset', 'dataset_tensors', 'dataset_images', 'heldout_images']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
 import csv, json, math, re
@@ -113,13 +114,71 @@ TEMPLATES = ("a {size}{colour} {shape} {position}", "a {size}{colour} {shape} {p
              "{position}, a {size}{colour} {shape}", "a photo of a {size}{colour} {shape} {position}",
              "{size}{colour} {shape}, {position}", "a picture of a {size}{colour} {shape} {position}, {background} background")
 
-def make_caption(attrs, rng):
-    "A caption for `attrs` in one of several phrasings (the size is named half of the time)."
+def _an(text): return re.sub(r"\b([aA]) ([aeiou])", r"\1n \2", text)  # "a orange" -> "an orange"
+
+def template_caption(attrs, rng):
+    "A caption for `attrs` in one of the six `TEMPLATES` (the size is named half of the time)."
     template = TEMPLATES[rng.integers(len(TEMPLATES))]
     size = f"{rng.choice(SIZE_WORDS[attrs.size])} " if rng.random() < 0.5 else ""
     text = template.format(size=size, colour=attrs.colour, shape=attrs.shape, background=attrs.background,
                            position=rng.choice(POSITION_PHRASES[attrs.position]))
-    return re.sub(r"\ba ([aeiou])", r"an \1", text)
+    return _an(text)
+
+# %% ../nbs/01_data.ipynb #58436cb5
+BACKGROUND_WORDS = {"white": ("white", "light"), "black": ("black", "dark")}
+BARE_POSITIONS = {"top left": ("top left", "upper left"), "top right": ("top right", "upper right"), "bottom left": ("bottom left", "lower left"),
+                  "bottom right": ("bottom right", "lower right"), "center": ("center", "centre", "middle")}
+REQUESTS = ("please draw", "draw", "show me", "an image of", "a drawing of", "a picture of")
+
+def _pick(rng, options): return options[rng.integers(len(options))]
+def _size(attrs, rng): return f"{_pick(rng, SIZE_WORDS[attrs.size])} " if rng.random() < 0.5 else ""  # named half of the time
+def _article(rng): return _pick(rng, ("a ", "a ", "the ", ""))
+def _background(attrs, rng, always=False):
+    "A background phrase ('on a dark background', ...), or '' (unless `always`) six times in ten."
+    if not always and rng.random() < 0.6: return ""
+    word = _pick(rng, BACKGROUND_WORDS[attrs.background])
+    return _pick(rng, (f"on a {word} background", f"{word} background", f"against a {word} background"))
+def _position(attrs, rng): return _pick(rng, POSITION_PHRASES[attrs.position] + BARE_POSITIONS[attrs.position])
+def _join(*parts): return " ".join(p for p in parts if p)
+
+def _adjectives(attrs, rng):  # "a big red circle in the middle on a dark background", or position first
+    thing, where, bg = f"{_article(rng)}{_size(attrs, rng)}{attrs.colour} {attrs.shape}", _position(attrs, rng), _background(attrs, rng)
+    return _join(thing, where, bg) if rng.random() < 0.7 else _join(f"{where},", thing, bg)
+def _coloured(attrs, rng):  # "a little square coloured blue, top right"
+    return _join(f"{_article(rng)}{_size(attrs, rng)}{attrs.shape} {_pick(rng, ('coloured', 'colored'))} {attrs.colour}"
+                 + _pick(rng, (" ", ", ")) + _position(attrs, rng), _background(attrs, rng))
+def _request(attrs, rng):  # "please draw a red circle in the top left"
+    return _join(_pick(rng, REQUESTS), f"{_article(rng)}{_size(attrs, rng)}{attrs.colour} {attrs.shape}", _position(attrs, rng), _background(attrs, rng))
+def _in_colour(attrs, rng):  # held out: "a big triangle in green, at the upper left"
+    return _join(f"{_article(rng)}{_size(attrs, rng)}{attrs.shape} in {attrs.colour},", _position(attrs, rng), _background(attrs, rng))
+def _background_first(attrs, rng):  # held out: "on a light background, a red square in the centre"
+    return _join(f"{_background(attrs, rng, always=True)},", f"{_article(rng)}{_size(attrs, rng)}{attrs.colour} {attrs.shape}", _position(attrs, rng))
+def _word_list(attrs, rng):  # held out: "circle, red, small, lower left, dark background"
+    bg = _background(attrs, rng)
+    words = [attrs.shape, attrs.colour, _size(attrs, rng).strip(), _pick(rng, BARE_POSITIONS[attrs.position]), bg and f"{bg.split()[-2]} background"]
+    return ", ".join(w for w in words if w)
+
+PHRASINGS = {"template": template_caption, "adjectives": _adjectives, "coloured": _coloured, "request": _request,
+             "in colour": _in_colour, "background first": _background_first, "word list": _word_list}
+TRAIN_PHRASINGS = ("template", "adjectives", "coloured", "request")     # may appear in training captions
+HELDOUT_PHRASINGS = ("in colour", "background first", "word list")       # never do: new constructions of the same words
+CAPTION_PHRASINGS = ("template",)  # the families the dataset's captions use: what sdcourse-tiny was trained on
+
+def _check_phrasings(phrasings):
+    phrasings = (phrasings,) if isinstance(phrasings, str) else tuple(phrasings)
+    if not phrasings: raise ValueError(f"phrasings is empty; choose from {tuple(PHRASINGS)}")
+    for p in phrasings: check_choice("phrasings", p, tuple(PHRASINGS))
+    return phrasings
+
+def make_caption(attrs, rng, phrasings=None):
+    """A caption for `attrs` in one of `phrasings` (family names of `PHRASINGS`; None: `CAPTION_PHRASINGS`), drawn from `rng`.
+    Families other than the templates also vary the surface: a capital first letter three times in ten, a full stop one time in five."""
+    phrasings = CAPTION_PHRASINGS if phrasings is None else _check_phrasings(phrasings)
+    family = phrasings[rng.integers(len(phrasings))] if len(phrasings) > 1 else phrasings[0]  # one family: no draw, the same captions as before
+    text = _an(PHRASINGS[family](attrs, rng))
+    if family == "template": return text
+    if rng.random() < 0.3: text = text[0].upper() + text[1:]
+    return text + "." if rng.random() < 0.2 else text
 
 # %% ../nbs/01_data.ipynb #059b32c5
 def sample_attributes(rng, split="train"):
@@ -144,12 +203,13 @@ def make_example(index, split="train", seed=0, size=64):
     attrs = sample_attributes(rng, split)
     return render(attrs, size, rng), make_caption(attrs, rng), attrs
 
-def example_caption(index, split="train", seed=0):
-    "The caption of `make_example(index, split, seed)`, without drawing its image: the same random draws, no pixels."
+def example_caption(index, split="train", seed=0, phrasings=None):
+    """The caption of `make_example(index, split, seed)`, without drawing its image: the same random draws, no pixels.
+    With `phrasings` (family names), the same image's caption in one of those families instead."""
     rng = _example_rng(index, split, seed)
     attrs = sample_attributes(rng, split)
     jitter(attrs, 64, rng)  # the draws the image would take: the caption comes after them
-    return make_caption(attrs, rng)
+    return make_caption(attrs, rng, phrasings)
 
 def example_mask(index, split="train", seed=0, size=64):
     "The exact coverage [size, size] in [0, 1] of the shape in `make_example(index, split, seed, size)`'s image (lecture 14's control images)."
@@ -171,11 +231,12 @@ class ShapesDataset:
 
 # %% ../nbs/01_data.ipynb #7b61eae6
 _WORDS = {**{c: ("colour", c) for c in COLOURS}, **{s: ("shape", s) for s in SHAPES + (NEW_SHAPE,)},
-          **{w: ("size", k) for k, ws in SIZE_WORDS.items() for w in ws}, **{b: ("background", b) for b in BACKGROUNDS},
+          **{w: ("size", k) for k, ws in SIZE_WORDS.items() for w in ws}, **{w: ("background", b) for b, ws in BACKGROUND_WORDS.items() for w in ws},
           **{w: ("vertical", "top") for w in ("top", "upper")}, **{w: ("vertical", "bottom") for w in ("bottom", "lower")},
           "left": ("horizontal", "left"), "right": ("horizontal", "right"),
           **{w: ("middle", "center") for w in ("center", "centre", "middle", "centered", "centred")}}
-FILLER_WORDS = ("a", "an", "the", "in", "on", "at", "of", "photo", "picture", "image", "corner", "background")
+FILLER_WORDS = ("a", "an", "the", "in", "on", "at", "of", "photo", "picture", "image", "drawing", "corner", "background", "against",
+                "coloured", "colored", "please", "draw", "show", "me")
 
 def parse_caption(caption):
     "The attributes a course caption names, as a dict (colour, shape and position always; size and background if named)."
@@ -202,15 +263,16 @@ def parse_caption(caption):
 
 # %% ../nbs/01_data.ipynb #0cdfaaf3
 CAPTION_WORDS = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(w for ws in SIZE_WORDS.values() for w in ws),
-                 "position": ("top", "upper", "bottom", "lower", "left", "right", "center", "centre", "middle", "corner"), "background": tuple(BACKGROUNDS)}
+                 "position": ("top", "upper", "bottom", "lower", "left", "right", "center", "centre", "middle", "corner"),
+                 "background": tuple(w for ws in BACKGROUND_WORDS.values() for w in ws)}
 NEAR_WORDS = {  # words people type for what the course draws, which its captions never use
     "colour": ("crimson", "scarlet", "maroon", "pink", "magenta", "violet", "lilac", "lavender", "indigo", "navy", "azure", "cyan", "teal",
-               "turquoise", "lime", "olive", "emerald", "gold", "golden", "amber", "lemon", "brown", "grey", "gray", "colored", "coloured"),
+               "turquoise", "lime", "olive", "emerald", "gold", "golden", "amber", "lemon", "brown", "grey", "gray"),
     "shape": ("rectangle", "oval", "ellipse", "disc", "disk", "dot", "ring", "rhombus", "lozenge", "pyramid", "box", "cube", "ball", "sphere",
               "hexagon", "pentagon", "heart", "cross"),
     "size": ("tiny", "huge", "giant", "medium", "mini", "larger", "smaller", "bigger"),
     "position": ("above", "below", "up", "down", "north", "south", "east", "west", "side", "edge", "centered", "centred", "topleft", "topright"),
-    "background": ("dark", "light", "bright", "backdrop")}
+    "background": ("bright", "backdrop", "pale")}
 
 def word_hint(word):
     "For a word the course's captions never use: which attribute it probably names and the course's words for that, or None."
@@ -306,9 +368,10 @@ def entropy_bits(values):
     shares = [values.count(v) / len(values) for v in set(values)]
     return max(0.0, -sum(p * math.log2(p) for p in shares))
 
-def eval_prompts(n=200, split="train", seed=1):
-    "`n` captions of `split` that no model trains on (seed 1): the course's adherence test set."
-    return [example_caption(i, split, seed) for i in range(check_int("n", n, 1))]
+def eval_prompts(n=200, split="train", seed=1, phrasings=None):
+    """`n` captions of `split` that no model trains on (seed 1): the course's adherence test set. `phrasings` (family names;
+    None: the dataset's) asks for them in other families, e.g. `HELDOUT_PHRASINGS`: the same attributes, new sentences."""
+    return [example_caption(i, split, seed, phrasings) for i in range(check_int("n", n, 1))]
 
 # %% ../nbs/01_data.ipynb #3be61205
 SPEC_FILE = "sdcourse_dataset.json"

@@ -12,7 +12,7 @@ __all__ = ['SPACINGS', 'SCHEDULERS', 'SAMPLING_COSTS', 'sampling_timesteps', 'al
            'sampling_eval', 'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
-import inspect, io, time, warnings
+import inspect, io, time, unicodedata, warnings
 from numbers import Real
 from types import SimpleNamespace
 
@@ -187,6 +187,11 @@ def _check_prompts(prompt, negative_prompt):
         raise TypeError(f"negative_prompt must be None, a str or a list of str, got {negative_prompt!r:.80}")
     if len(negatives) != len(prompts):
         raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; give one per prompt, a single str, or None")
+    for name, texts in (("prompt", prompts), ("negative_prompt", negatives)):
+        for text in texts:
+            bad = next((ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\t\n\r"), None)
+            if bad is not None:  # the tokenizer would silently drop it and join the words around it
+                raise ValueError(f"{name} holds the control character U+{ord(bad):04X} at position {text.index(bad)} of {text!r:.60}; remove it")
     return list(prompts), list(negatives)
 
 def image_side(pipe):

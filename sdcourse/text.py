@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .core import (cache_dir, check_int, check_output_folder, get_device, make_generator, progress, save_pretrained_atomic, shipped_path,
                    signed_to_unit, tensor_to_pil, training_record)
-from .data import SPLITS, dataset_tensors, grade, make_caption, sample_attributes
+from .data import HELDOUT_PHRASINGS, SPLITS, dataset_images, dataset_tensors, eval_prompts, grade, make_caption, sample_attributes
 
 # %% ../nbs/04_text.ipynb #2072762c
 def bytes_to_unicode():
@@ -99,7 +99,7 @@ def tokenize(tokenizer, prompts):
 def unknown_words(tokenizer, text):
     "The words of `text` that `tokenizer` cuts into pieces (its added tokens, such as a textual-inversion word, aside): words its text encoder never saw whole."
     for token in tokenizer.get_added_vocab(): text = text.replace(token, " ")
-    words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))  # letters only: punctuation and numbers are tokens of their own
+    words = dict.fromkeys(re.findall(r"[^\W\d_]+|[^\w\s]", text.lower()))  # runs of letters, and single symbols (an emoji is several byte tokens)
     return [w for w in words if tokenizer.tokenize(w) != [w + "</w>"]]
 
 # %% ../nbs/04_text.ipynb #bbffacf9
@@ -213,8 +213,9 @@ def train_course_text_encoder(steps=1500, n_images=10_000, batch_size=128, lr=1e
     clip.cpu()
     save_pretrained_atomic(tokenizer, folders[0], overwrite)
     save_pretrained_atomic(text_encoder_from_clip(clip), folders[1], overwrite)
-    evals = {split: retrieval_accuracy(clip, tokenizer, *dataset_tensors(256, split, seed=1))
-             for split in ("train", "heldout")}
+    evals = {split: retrieval_accuracy(clip, tokenizer, *dataset_tensors(256, split, seed=1)) for split in ("train", "heldout")}
+    evals |= {f"{split}_new_phrasings": retrieval_accuracy(clip, tokenizer, dataset_images(256, split, seed=1),  # the same images, new sentences
+                                                          eval_prompts(256, split, phrasings=HELDOUT_PHRASINGS)) for split in ("train", "heldout")}
     record = training_record(f"python -c \"from sdcourse.text import train_course_text_encoder; train_course_text_encoder(steps={steps})\"",
                              history, seconds, device, steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_train_images=n_images, retrieval=evals,
                              final_loss=sum(h["loss"] for h in history[-50:]) / len(history[-50:]))

@@ -3,7 +3,8 @@ import hashlib, multiprocessing as mp
 import numpy as np, pytest, torch
 from PIL import Image
 
-from sdcourse.data import (COLOURS, HELDOUT_COMBOS, NEW_SHAPE, POSITIONS, SHAPES, SPLITS, Attributes, ShapesDataset,
+from sdcourse.data import (CAPTION_PHRASINGS, COLOURS, HELDOUT_COMBOS, HELDOUT_PHRASINGS, NEW_SHAPE, PHRASINGS, POSITIONS, SHAPES, SPLITS,
+                           TRAIN_PHRASINGS, Attributes, ShapesDataset, make_caption, sample_attributes, template_caption,
                            example_caption, example_mask, export_imagefolder, eval_prompts, grade, grader_accuracy, load_imagefolder, make_example, parse_caption, word_hint,
                            read_attributes, render)
 
@@ -206,3 +207,64 @@ def test_dataset_tensors_are_the_exported_examples_as_models_take_them():
     assert captions == [make_example(i, "heldout", 2)[1] for i in range(6)]
     assert torch.equal(images[3], torch.from_numpy(np.asarray(make_example(3, "heldout", 2)[0])).permute(2, 0, 1) / 127.5 - 1)  # the PNG round trip is lossless
     assert heldout_images(3).shape == (6, 3, 64, 64)
+
+
+def _words(text):
+    import re
+    return set(re.findall(r"[a-z]+|[^a-z\s]", text.lower()))
+
+
+def test_the_caption_language_says_every_attribute_in_every_family():
+    "Each family's captions read back (grader) to the attributes they were made from, and vary: a family is not one sentence."
+    rng = np.random.default_rng(7)
+    for family in PHRASINGS:
+        captions = set()
+        for split in SPLITS:
+            for _ in range(200):
+                attrs = sample_attributes(rng, split)
+                caption = make_caption(attrs, rng, family)
+                parsed = parse_caption(caption)
+                assert {"colour", "shape", "position"} <= parsed.keys() and all(getattr(attrs, k) == v for k, v in parsed.items()), (family, caption)
+                captions.add(caption)
+        assert len(captions) > 300, family
+
+
+def test_held_out_phrasings_are_new_constructions_of_known_words():
+    "The split of the families: disjoint, every family in one of them, and no held-out family uses a word the training families never do."
+    assert set(TRAIN_PHRASINGS).isdisjoint(HELDOUT_PHRASINGS) and set(TRAIN_PHRASINGS) | set(HELDOUT_PHRASINGS) == set(PHRASINGS)
+    assert set(CAPTION_PHRASINGS) <= set(TRAIN_PHRASINGS)
+    rng = np.random.default_rng(0)
+    seen = lambda families: set().union(*(_words(make_caption(sample_attributes(rng, sp), rng, families)) for sp in SPLITS for _ in range(3000)))
+    trained, held_out = seen(TRAIN_PHRASINGS), seen(HELDOUT_PHRASINGS)
+    assert held_out <= trained, held_out - trained
+    # and the constructions are new: in training captions the colour never follows "in" or a shape and a comma, and no caption opens with the background
+    training = [make_caption(sample_attributes(rng, "train"), rng, TRAIN_PHRASINGS).lower() for _ in range(3000)]
+    assert not any(f"in {c}" in t for t in training for c in COLOURS)
+    assert not any(f"{s}, {c}" in t for t in training for s in SHAPES for c in COLOURS)
+    assert not any(t.startswith(("on a", "against", "white", "black", "light", "dark")) for t in training)
+    assert any(f"in {c}," in make_caption(sample_attributes(rng, "train"), rng, "in colour").lower() for _ in range(20) for c in COLOURS)
+
+
+def test_one_family_takes_no_draw_so_the_templates_are_the_captions_of_before():
+    "The template family alone draws exactly what the six templates always did: the shipped models' captions are unchanged (golden hash)."
+    for seed in range(20):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        attrs = sample_attributes(np.random.default_rng(seed))
+        assert make_caption(attrs, a, "template") == template_caption(attrs, b) and a.random() == b.random()  # same draws, same stream after
+
+
+def test_bad_phrasings_are_refused_by_name():
+    attrs, rng = sample_attributes(np.random.default_rng(0)), np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"phrasings='sonnet' is not accepted; choose one of \('template',"): make_caption(attrs, rng, "sonnet")
+    with pytest.raises(ValueError, match="phrasings is empty"): make_caption(attrs, rng, ())
+    with pytest.raises(ValueError, match="phrasings="): eval_prompts(5, phrasings=["template", "limerick"])
+
+
+def test_eval_prompts_in_other_phrasings_ask_for_the_same_images():
+    "Same index, same attributes: only the sentence changes (so a score on new phrasings compares with the templates' image for image)."
+    for split in SPLITS:
+        plain, other = eval_prompts(50, split), eval_prompts(50, split, phrasings=HELDOUT_PHRASINGS)
+        assert all(p != o for p, o in zip(plain, other))  # the templates never make a held-out family's sentence
+        for o, i in zip(other, range(50)):
+            attrs = make_example(i, split, seed=1)[2]
+            assert all(getattr(attrs, k) == v for k, v in parse_caption(o).items()), o

@@ -120,6 +120,7 @@ def test_finetune_and_train_lora(tmp_path, pipe, capsys):
 
 @pytest.mark.parametrize("argv, says", [
     (["generate", "  ", "-o", "{tmp}/x.png"], "the prompt is empty"),
+    (["generate", "a red\x1bcircle", "-o", "{tmp}/x.png"], "prompt holds the control character U+001B at position 5"),
     (["generate", "a red circle", "-o", "{tmp}/missing/x.png"], "does not exist; create it first"),
     (["generate", "a red circle", "-o", "{tmp}/x.jpg"], "must be a file name ending in .png"),
     (["generate", "a red circle", "-o", "{tmp}/source.png"], "exists; pass --overwrite to replace it"),

@@ -254,6 +254,13 @@ def test_generate_warns_about_words_the_model_never_learned(pipe):
         generate(pipe, ["a big GREEN square, in the top left corner!", "a little purple diamond at the centre on a black background"], steps=2)
 
 
+def test_control_characters_are_refused_by_name_and_place(pipe):
+    "The tokenizer would drop them silently and join the words around them ('red\\x07circle' becomes one unknown word)."
+    with pytest.raises(ValueError, match=r"prompt holds the control character U\+0007 at position 5"): generate(pipe, "a red\x07circle", steps=2)
+    with pytest.raises(ValueError, match=r"negative_prompt holds the control character U\+200B"): generate(pipe, "a red circle", negative_prompt="blue\u200b", steps=2)
+    assert len(generate(pipe, "a red circle\tin the\ncenter\r", steps=2)) == 1  # whitespace is whitespace
+
+
 def test_sampling_eval_grades_what_the_trained_unet_draws_with_any_scheduler(pipe):
     ddim = make_scheduler("ddim", pipe.scheduler.config)
     scores = sampling_eval(pipe, ddim, steps=10, guidance_scale=3.0, prompt_sets={"mine": PROMPTS})(pipe.unet)

@@ -100,5 +100,6 @@ def test_unknown_words_are_the_words_the_tokenizer_cuts():
     _, tokenizer = load_text_encoder()
     assert unknown_words(tokenizer, "A big GREEN square, in the top left corner!") == []
     assert unknown_words(tokenizer, "please draw a crimson oval, crimson! 42 times") == ["please", "draw", "crimson", "oval", "times"]
+    assert unknown_words(tokenizer, "a rød circle 🙂, in the centre.") == ["rød", "🙂"]  # non-ASCII: a word in pieces, an emoji in byte tokens
     tokenizer.add_tokens(["<thing>"])  # a textual-inversion word is the tokenizer's own, not an unknown word
     assert unknown_words(tokenizer, "a red <thing>, a thing") == ["thing"]

@@ -220,3 +220,28 @@ def test_training_leaves_the_callers_global_generator_alone(cache):
     torch.manual_seed(123)
     train_unet(unet, cache, steps=2, batch_size=8, warmup=1, seed=5)
     assert torch.equal(torch.rand(3), expected)  # the stream continues as if training had not run
+
+
+def test_min_snr_loss_is_diffusers_weighting_and_only_reweights(cache):
+    "Min-SNR-gamma as diffusers' train_text_to_image.py computes it (compute_snr, then min(snr, gamma) / snr per image), and gamma = inf is the plain loss."
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+    from sdcourse.schedules import NoiseSchedule
+    from sdcourse.training import diffusion_loss
+    schedule = NoiseSchedule.named("scaled_linear", device="cpu")
+    x0, context, t, noise = training_batch(cache, 0, 64)
+    unet = fresh()
+    with torch.no_grad():
+        ours = diffusion_loss(unet, schedule, x0, context, t, noise, min_snr_gamma=5.0)
+        snr = compute_snr(DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), t)
+        weights = torch.stack([snr, 5.0 * torch.ones_like(t)], dim=1).min(dim=1)[0] / snr
+        pred = unet(schedule.q_sample(x0, t, noise), t, encoder_hidden_states=context).sample
+        theirs = (torch.nn.functional.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+        plain = diffusion_loss(unet, schedule, x0, context, t, noise)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=0)
+    assert ours < plain  # every weight is <= 1, and < 1 wherever SNR > 5 (the low-noise steps)
+    torch.testing.assert_close(diffusion_loss(unet, schedule, x0, context, t, noise, min_snr_gamma=float(1e9)), plain, rtol=1e-6, atol=0)
+    assert TrainConfig(steps=1, min_snr_gamma=5).min_snr_gamma == 5
+    with pytest.raises(ValueError, match=r"min_snr_gamma must be a finite number in \(0"): TrainConfig(steps=1, min_snr_gamma=0)
+    weighted = losses(train_unet(fresh(), cache, steps=2, batch_size=8, warmup=1, min_snr_gamma=5.0)[1])
+    assert weighted != losses(train_unet(fresh(), cache, steps=2, batch_size=8, warmup=1)[1])  # the recipe reaches the loss
