@@ -385,7 +385,7 @@ def export_imagefolder(path, n, split="train", seed=0, size=64, overwrite=False)
     The same export again returns at once; `overwrite` replaces an earlier export, removing only the files that export wrote;
     a folder holding anything else is refused."""
     ds, path = ShapesDataset(n, split, seed, size), Path(path)
-    spec = dict(n=ds.n, split=ds.split, seed=ds.seed, size=ds.size)
+    spec = dict(n=ds.n, split=ds.split, seed=ds.seed, size=ds.size, phrasings=list(CAPTION_PHRASINGS))  # other phrasings: other captions
     if path.is_dir() and _spec(path) == spec: return path
     if path.is_dir() and manifest_kind(path) == "imagefolder" and not overwrite and not foreign_files(path):
         raise FileExistsError(f"path {str(path)!r} holds another dataset {_spec(path)}; pass overwrite=True (--overwrite) to replace it, or another path")
@@ -415,7 +415,8 @@ def load_imagefolder(path, cache=None):
 
 def course_dataset(n, split="train", seed=0, size=64):
     "The course's standard path into training: export (once, cached) and load with `datasets`."
-    folder = cache_dir("data") / f"{split}-n{n}-seed{seed}-{size}px"
+    phrasings = "+".join(p.replace(" ", "_") for p in CAPTION_PHRASINGS)  # the same images captioned in other families are another dataset
+    folder = cache_dir("data") / f"{split}-n{n}-seed{seed}-{size}px-{phrasings}"
     return load_imagefolder(export_imagefolder(folder, n, split, seed, size))
 
 def dataset_tensors(n, split="train", seed=0, size=64):

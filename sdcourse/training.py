@@ -157,7 +157,7 @@ class TrainConfig:
         check_number("lr", self.lr, 0, 1, open_low=True)
         if not 0 <= self.p_uncond < 1: raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
         if self.mixed_precision is not None: check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
-        if self.min_snr_gamma is not None: check_number("min_snr_gamma", self.min_snr_gamma, 0, 1e6, open_low=True)
+        if self.min_snr_gamma is not None: check_number("min_snr_gamma", self.min_snr_gamma, 0, open_low=True)
 
 def train_unet(unet,                   # the model to train, in place: a UNet, or anything `loss_fn` knows how to call
                cache,                  # a `TrainingCache`
@@ -204,6 +204,7 @@ def train_unet(unet,                   # the model to train, in place: a UNet, o
         schedule = NoiseSchedule.named("scaled_linear", device=accelerator.device)
         unet.train()
         begun, offset = time.time(), history[-1]["seconds"] if history else 0.0
+        evaluated = next((h["eval_seconds"] for h in reversed(history) if "eval_seconds" in h), 0.0)  # of `seconds`, the time spent in `eval_fn`
         bar = progress(range(start, steps), total=steps, initial=start, desc="training UNet")
         for step in bar:
             for micro in range(grad_accum):
@@ -220,7 +221,10 @@ def train_unet(unet,                   # the model to train, in place: a UNet, o
             record = dict(step=step + 1, loss=loss.item(), lr=lr_schedule.get_last_lr()[0], seconds=offset + time.time() - begun)
             if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
                 ema.store(unet.parameters()); ema.copy_to(unet.parameters()); unet.eval()
+                measuring = time.time()
                 record |= eval_fn(accelerator.unwrap_model(unet))
+                evaluated += time.time() - measuring
+                record["eval_seconds"] = evaluated  # so `seconds - eval_seconds` is the training time alone
                 ema.restore(unet.parameters()); unet.train()
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")

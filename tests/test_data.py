@@ -268,3 +268,16 @@ def test_eval_prompts_in_other_phrasings_ask_for_the_same_images():
         for o, i in zip(other, range(50)):
             attrs = make_example(i, split, seed=1)[2]
             assert all(getattr(attrs, k) == v for k, v in parse_caption(o).items()), o
+
+
+def test_an_export_remembers_its_phrasings(tmp_path, monkeypatch):
+    "The same images captioned in other families are another dataset: a cached export is never handed out with the wrong captions."
+    import sdcourse.data as data
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path))
+    before = list(data.course_dataset(8)["text"])
+    other = ("template",) if data.CAPTION_PHRASINGS != ("template",) else TRAIN_PHRASINGS
+    export_imagefolder(tmp_path / "mine", 8)
+    monkeypatch.setattr(data, "CAPTION_PHRASINGS", other)
+    after = list(data.course_dataset(8)["text"])
+    assert after == [example_caption(i) for i in range(8)] and after != before
+    with pytest.raises(FileExistsError, match="holds another dataset"): export_imagefolder(tmp_path / "mine", 8)
