@@ -57,7 +57,8 @@ def _compare(name, out, expected, mistakes, atol=1e-5):
 # %% ../nbs/90_exercises.ipynb #63ed6876
 CAPTION_CASES = ("a red circle in the top left", "a large blue square at the bottom right on a white background",
                  "top right, a small green triangle", "a photo of a big purple diamond in the center", "orange circle, lower left",
-                 "A Yellow Square In The Middle", "a picture of a little red triangle at the top right, black background")
+                 "A Yellow Square In The Middle", "a picture of a little red triangle at the top right, black background",
+                 "please draw a small diamond coloured green, in the centre on a dark background.")
 
 def check_parse_caption(parse_caption):
     "Check the learner's `parse_caption(caption)`: a dict with colour, shape and position, plus size and background when the caption names them."
@@ -78,11 +79,14 @@ def check_parse_caption(parse_caption):
         extra = [k for k in out if k not in expected]
         if extra: return CheckResult(name, False, f"{caption!r} gives {extra[0]}={out[extra[0]]!r}: leave out what the caption does not name")
         missing = [k for k in expected if k not in out]
-        if missing: return CheckResult(name, False, f"{caption!r} names the {missing[0]} ({expected[missing[0]]!r}) but your dict has no {missing[0]!r} key")
+        if missing:
+            dark_or_light = missing[0] == "background" and ({"dark", "light"} & set(caption.lower().replace(",", " ").replace(".", " ").split()))
+            hint = " ('dark' and 'light' name backgrounds too: see BACKGROUND_WORDS)" if dark_or_light else ""
+            return CheckResult(name, False, f"{caption!r} names the {missing[0]} ({expected[missing[0]]!r}) but your dict has no {missing[0]!r} key{hint}")
         if out.get("size") != expected.get("size"):
             return CheckResult(name, False, f"{caption!r} gives size {out.get('size')!r}: 'big' means large and 'little' small (use SIZE_WORDS)")
         return CheckResult(name, False, f"for {caption!r} it returned {out}, expected {expected}")
-    return CheckResult(name, True, f"matches the reference on {len(CAPTION_CASES)} captions in five phrasings")
+    return CheckResult(name, True, f"matches the reference on {len(CAPTION_CASES)} captions in six phrasings")
 
 # %% ../nbs/90_exercises.ipynb #8fe099b1
 def check_q_sample(q_sample):

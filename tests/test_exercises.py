@@ -120,11 +120,12 @@ def case_sensitive(caption):  # a typical mistake: capitalised words are not in 
 
 
 def test_parse_caption_reference_passes_and_mistakes_are_named():
-    assert check_parse_caption(parse_caption) and len(CAPTION_CASES) >= 7
+    assert check_parse_caption(parse_caption) and len(CAPTION_CASES) >= 8
     one_word = lambda c: parse_caption(c) | {"position": parse_caption(c)["position"].split()[-1]}
     for wrong, says in [(one_word, "a position can be two words"), (lambda c: parse_caption(c) | {"size": None}, "leave out what the caption does not name"),
                         (lambda c: {k: v for k, v in parse_caption(c).items() if k != "background"}, "names the background"),
                         (lambda c: parse_caption(c) if c == c.lower() else {}, "lowercase the caption"),
+                        (lambda c: {k: v for k, v in parse_caption(c).items() if k != "background" or "dark" not in c}, "see BACKGROUND_WORDS"),
                         (case_sensitive, "lowercase the caption"),
                         (lambda c: {**parse_caption(c), "size": "small"} if "big" in c else parse_caption(c), "'big' means large"),
                         (lambda c: list(parse_caption(c).values()), "return a dict")]:
