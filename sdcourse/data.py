@@ -386,9 +386,10 @@ def export_imagefolder(path, n, split="train", seed=0, size=64, overwrite=False)
     a folder holding anything else is refused."""
     ds, path = ShapesDataset(n, split, seed, size), Path(path)
     spec = dict(n=ds.n, split=ds.split, seed=ds.seed, size=ds.size, phrasings=list(CAPTION_PHRASINGS))  # other phrasings: other captions
-    if path.is_dir() and _spec(path) == spec: return path
-    if path.is_dir() and manifest_kind(path) == "imagefolder" and not overwrite and not foreign_files(path):
-        raise FileExistsError(f"path {str(path)!r} holds another dataset {_spec(path)}; pass overwrite=True (--overwrite) to replace it, or another path")
+    if path.is_dir():  # one look: another process may finish the same export between two
+        if _spec(path) == spec: return path
+        if manifest_kind(path) == "imagefolder" and not overwrite and not foreign_files(path):
+            raise FileExistsError(f"path {str(path)!r} holds another dataset {_spec(path)}; pass overwrite=True (--overwrite) to replace it, or another path")
 
     def write(tmp):
         tmp.mkdir()

@@ -14,7 +14,7 @@ from sdcourse.data import course_dataset
 @pytest.mark.slow
 def test_train_course_text_encoder_writes_three_loadable_folders(tmp_path):
     clip, tokenizer, record = train_course_text_encoder(steps=2, n_images=64, batch_size=16, out=tmp_path)
-    assert record["steps"] == 2 and math.isfinite(record["final_loss"]) and set(record["retrieval"]) == {"train", "heldout"}
+    assert record["steps"] == 2 and math.isfinite(record["final_loss"]) and set(record["retrieval"]) == {"train", "heldout", "train_new_phrasings", "heldout_new_phrasings"}
     assert record["final_loss"] > record["history"][0]["loss"] / 5  # the mean of its 2 losses (dividing by 50 made it 25 times too small)
     encoder, tok = load_text_encoder(tmp_path / "sdcourse-tiny")
     clip2, tok2 = load_mini_clip(tmp_path / "mini-clip")
