@@ -249,3 +249,14 @@ def test_min_snr_loss_is_diffusers_weighting_and_only_reweights(cache):
     with pytest.raises(ValueError, match=r"min_snr_gamma must be a finite number in \(0"): TrainConfig(steps=1, min_snr_gamma=0)
     weighted = losses(train_unet(fresh(), cache, steps=2, batch_size=8, warmup=1, min_snr_gamma=5.0)[1])
     assert weighted != losses(train_unet(fresh(), cache, steps=2, batch_size=8, warmup=1)[1])  # the recipe reaches the loss
+
+
+def test_the_history_keeps_evaluation_time_apart(cache):
+    "`eval_seconds` is the time spent in `eval_fn`, cumulative, so `seconds - eval_seconds` is the training alone (lecture 7's time to 0.90)."
+    import time
+    def slow_eval(unet):
+        time.sleep(0.3)
+        return {"score": 1.0}
+    _, history = train_unet(fresh(), cache, steps=3, batch_size=8, warmup=1, eval_fn=slow_eval, eval_every=1)
+    assert [h["eval_seconds"] for h in history] == sorted(h["eval_seconds"] for h in history)  # it only grows
+    assert 0.9 <= history[-1]["eval_seconds"] < history[-1]["seconds"]  # three evaluations of 0.3 s, inside the total
