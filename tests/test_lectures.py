@@ -65,6 +65,38 @@ def test_the_switch_check_catches_a_slow_cell_that_would_run(tmp_path):
     assert "sets `RETRAIN = False`" in notebook("#| slow\nRETRAIN = False", "#| slow\nif RETRAIN:\n    train()")[-1]
 
 
+def undefined_in_slow_cells(path):
+    """Names a `#| slow` cell of `path` reads that no earlier cell (nor the cell itself, nor Python) defines: with the switch on, Run All
+    would stop there with a NameError, after the long runs before it. A name the lecture exports further down must be imported first."""
+    import builtins
+    known, problems = set(dir(builtins)) | {"get_ipython", "display"}, []
+    for i, (source, kind) in enumerate(slow_cells(path)[1]):
+        if kind != "code": continue
+        tree = ast.parse("\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        defined |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+        defined |= {(a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+        if re.search(r"^#\|\s*slow", source, re.M):
+            read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            problems += [f"{path.name} cell {i} reads {name!r} before any cell defines it" for name in sorted(read - known - defined)]
+        known |= defined
+    return problems
+
+
+def test_slow_cells_read_only_what_earlier_cells_define():
+    "With RETRAIN = True, Run All reaches every slow cell with what it needs (lectures 10 and 15 used functions they export further down)."
+    lectures = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
+    assert [problem for p in lectures for problem in undefined_in_slow_cells(p)] == []
+
+
+def test_the_order_check_catches_a_name_defined_too_late(tmp_path):
+    cells = [dict(cell_type="code", source=s, metadata={}, outputs=[], execution_count=None)
+             for s in ("RETRAIN = False", "#| slow\nif RETRAIN:\n    save(train())", "#| export\ndef train(): pass")]
+    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells)))
+    assert undefined_in_slow_cells(tmp_path / "nb.ipynb") == ["nb.ipynb cell 1 reads 'save' before any cell defines it",
+                                                              "nb.ipynb cell 1 reads 'train' before any cell defines it"]
+
+
 def test_lectures_run_all_with_their_slow_cells_and_write_nothing(tmp_path):
     "Run All end to end, slow cells included, on the two quick lectures with a switch (RETRAIN in 4, FULL_SIZE in 11)."
     before, status = shipped_files(), git_status()
