@@ -116,11 +116,13 @@ TEMPLATES = ("a {size}{colour} {shape} {position}", "a {size}{colour} {shape} {p
 
 def _an(text): return re.sub(r"\b([aA]) ([aeiou])", r"\1n \2", text)  # "a orange" -> "an orange"
 
+def _pick(rng, options): return options[rng.integers(len(options))]
+def _size(attrs, rng): return f"{_pick(rng, SIZE_WORDS[attrs.size])} " if rng.random() < 0.5 else ""  # named half of the time
+
 def template_caption(attrs, rng):
     "A caption for `attrs` in one of the six `TEMPLATES` (the size is named half of the time)."
     template = TEMPLATES[rng.integers(len(TEMPLATES))]
-    size = f"{rng.choice(SIZE_WORDS[attrs.size])} " if rng.random() < 0.5 else ""
-    text = template.format(size=size, colour=attrs.colour, shape=attrs.shape, background=attrs.background,
+    text = template.format(size=_size(attrs, rng), colour=attrs.colour, shape=attrs.shape, background=attrs.background,
                            position=rng.choice(POSITION_PHRASES[attrs.position]))
     return _an(text)
 
@@ -130,8 +132,6 @@ BARE_POSITIONS = {"top left": ("top left", "upper left"), "top right": ("top rig
                   "bottom right": ("bottom right", "lower right"), "center": ("center", "centre", "middle")}
 REQUESTS = ("please draw", "draw", "show me", "an image of", "a drawing of", "a picture of")
 
-def _pick(rng, options): return options[rng.integers(len(options))]
-def _size(attrs, rng): return f"{_pick(rng, SIZE_WORDS[attrs.size])} " if rng.random() < 0.5 else ""  # named half of the time
 def _article(rng): return _pick(rng, ("a ", "a ", "the ", ""))
 def _background(attrs, rng, always=False):
     "A background phrase ('on a dark background', ...), or '' (unless `always`) six times in ten."
