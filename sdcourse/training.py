@@ -218,14 +218,15 @@ def train_unet(unet,                   # the model to train, in place: a UNet, o
                     if accelerator.sync_gradients: accelerator.clip_grad_norm_(unet.parameters(), c.max_grad_norm)
                     optimizer.step(); lr_schedule.step(); optimizer.zero_grad()
             ema.step(unet.parameters())
-            record = dict(step=step + 1, loss=loss.item(), lr=lr_schedule.get_last_lr()[0], seconds=offset + time.time() - begun)
+            record = dict(step=step + 1, loss=loss.item(), lr=lr_schedule.get_last_lr()[0])
             if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
                 ema.store(unet.parameters()); ema.copy_to(unet.parameters()); unet.eval()
                 measuring = time.time()
                 record |= eval_fn(accelerator.unwrap_model(unet))
                 evaluated += time.time() - measuring
-                record["eval_seconds"] = evaluated  # so `seconds - eval_seconds` is the training time alone
+                record["eval_seconds"] = evaluated
                 ema.restore(unet.parameters()); unet.train()
+            record["seconds"] = offset + time.time() - begun  # taken after this step's evaluation, so `seconds - eval_seconds` is the training alone
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):

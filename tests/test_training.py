@@ -259,4 +259,5 @@ def test_the_history_keeps_evaluation_time_apart(cache):
         return {"score": 1.0}
     _, history = train_unet(fresh(), cache, steps=3, batch_size=8, warmup=1, eval_fn=slow_eval, eval_every=1)
     assert [h["eval_seconds"] for h in history] == sorted(h["eval_seconds"] for h in history)  # it only grows
+    assert all(h["eval_seconds"] <= h["seconds"] for h in history)  # `seconds` is taken after the step's evaluation: it holds every evaluation so far
     assert 0.9 <= history[-1]["eval_seconds"] < history[-1]["seconds"]  # three evaluations of 0.3 s, inside the total
