@@ -411,8 +411,11 @@ def load_imagefolder(path, cache=None):
     import datasets
     path = Path(path)
     if not (path / "metadata.csv").exists(): raise FileNotFoundError(f"path {str(path)!r} has no metadata.csv; export it with export_imagefolder")
-    cache = cache or cache_dir("hf_datasets")
-    return datasets.load_dataset("imagefolder", data_dir=str(path), split="train", cache_dir=str(cache))
+    cache, quiet = cache or cache_dir("hf_datasets"), datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a local folder loads in a second: its "Downloading data" bars would only clutter the lecture
+    try: return datasets.load_dataset("imagefolder", data_dir=str(path), split="train", cache_dir=str(cache))
+    finally:
+        if not quiet: datasets.enable_progress_bars()  # as the caller had them
 
 def course_dataset(n, split="train", seed=0, size=64):
     "The course's standard path into training: export (once, cached) and load with `datasets`."

@@ -120,11 +120,14 @@ def test_dataset_items_and_index_errors():
     with pytest.raises(ValueError, match="shape='hexagon'"): render(Attributes("red", "hexagon", "center", "small", "white"))
 
 
-def test_export_and_load_with_datasets(tmp_path):
+def test_export_and_load_with_datasets(tmp_path, capfd):
+    import datasets
     folder = export_imagefolder(tmp_path / "shapes", 40, split="heldout", seed=3)
     lines = (folder / "metadata.csv").read_text().splitlines()
     assert lines[0] == "file_name,text" and len(lines) == 41
+    datasets.enable_progress_bars(); capfd.readouterr()  # (what the export printed is not what this checks)
     ds = load_imagefolder(folder, cache=tmp_path / "hf")
+    assert capfd.readouterr().err == "" and not datasets.utils.are_progress_bars_disabled()  # no "Downloading data" bars; the caller's setting kept
     assert len(ds) == 40 and set(ds.column_names) == {"image", "text"}
     by_name = {row.split(",", 1)[0]: row.split(",", 1)[1].strip('"') for row in lines[1:]}
     assert by_name["00007.png"] == make_example(7, "heldout", 3)[1]

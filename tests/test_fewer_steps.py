@@ -154,6 +154,14 @@ def test_shipped_lcm_lora_is_small_safetensors_for_sdcourse_tiny_and_keeps_its_s
     assert recorded["all"] >= 0.9 * measurements["teacher, DPM-Solver++, 20, train"]["all"]
 
 
+
+@pytest.mark.slow
+def test_the_shipped_flow_model_scores_what_lecture_15_recorded(flow_pipe):
+    "Measured as the lecture measured it (the same 200 prompts, seeds, 4 Euler steps, guidance 5): a flow UNet left over from another base or dataset would not."
+    recorded = json.loads(shipped_path("lectures", "15_fewer_steps", "measurements.json").read_text())["flow matching, Euler, 4, train"]
+    now = measure_sampling(flow_pipe, None, 4, 5.0, 200, "train")
+    assert all(abs(now[k] - recorded[k]) <= 0.03 for k in ("colour", "shape", "position", "background", "all")), (now, recorded)
+
 @pytest.mark.slow
 def test_few_steps_are_measured_for_every_model(pipe, lcm_pipe, flow_pipe):
     results = measure_steps({"LCM-LoRA": (lcm_pipe, None, 1.0), "flow": (flow_pipe, None, 5.0), "teacher": (pipe, "dpm++", 5.0)}, steps=(1, 4), n=20)

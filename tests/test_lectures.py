@@ -97,6 +97,59 @@ def test_the_order_check_catches_a_name_defined_too_late(tmp_path):
                                                               "nb.ipynb cell 1 reads 'train' before any cell defines it"]
 
 
+
+def _top_level_names(tree):
+    "The names a cell binds and reads in the notebook's own namespace, not inside its functions: (bound, read). A lambda or comprehension reads what it does not bind."
+    bound, read, stack = set(), set(), [tree]
+    while stack:
+        for child in ast.iter_child_nodes(stack.pop()):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): bound.add(child.name); continue
+            if isinstance(child, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                inner = list(ast.walk(child))
+                read |= ({n.id for n in inner if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+                         - {n.id for n in inner if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} - {n.arg for n in inner if isinstance(n, ast.arg)})
+                continue
+            if isinstance(child, ast.Name): (read if isinstance(child.ctx, ast.Load) else bound).add(child.id)
+            if isinstance(child, (ast.Import, ast.ImportFrom)): bound |= {(a.asname or a.name).split(".")[0] for a in child.names}
+            stack.append(child)
+    return bound, read
+
+
+def clobbered_by_slow_cells(path):
+    """Names a `#| slow` cell of `path` rebinds that an earlier ordinary cell defined and a later one reads without defining it again:
+    with the switch on, Run All would hand that later cell the long run's object instead of the lecture's (lecture 10's table read a
+    pipeline where it expected a count)."""
+    cells = []
+    for i, (source, kind) in enumerate(slow_cells(path)[1]):
+        if kind != "code": continue
+        tree = ast.parse("\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+        cells.append((i, bool(re.search(r"^#\|\s*slow", source, re.M)), *_top_level_names(tree)))
+    problems = []
+    for j, (i, slow, bound, _) in enumerate(cells):
+        if not slow: continue
+        earlier = set().union(*[b for _, s, b, _ in cells[:j] if not s])
+        for name in sorted(bound & earlier):
+            readers = [k for k, s, b, r in cells[j + 1:] if not s and name in r and name not in b]
+            if readers: problems.append(f"{path.name} cell {i} rebinds {name!r}, which cell {readers[0]} reads")
+    return problems
+
+
+def test_slow_cells_leave_the_lectures_names_alone():
+    "With RETRAIN = True, the cells after a long run see the same names as with it off."
+    lectures = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
+    assert [problem for p in lectures for problem in clobbered_by_slow_cells(p)] == []
+
+
+def test_the_names_check_catches_a_slow_cell_that_rebinds_a_name(tmp_path):
+    cells = [dict(cell_type="code", source=s, metadata={}, outputs=[], execution_count=None)
+             for s in ("full = 3\nfor k in range(2): pass", "#| slow\nif RETRAIN:\n    full = load()\n    k = [k for k in range(3)]",
+                       "print(full, k)", "k = 1\nprint(k)", "def f(full): return full")]
+    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells)))
+    assert clobbered_by_slow_cells(tmp_path / "nb.ipynb") == ["nb.ipynb cell 1 rebinds 'full', which cell 2 reads", "nb.ipynb cell 1 rebinds 'k', which cell 2 reads"]
+    cells[2]["source"] = "full = 4\nprint(full, [k for k in range(2)])"  # defines it again, and the comprehension's k is its own
+    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells)))
+    assert clobbered_by_slow_cells(tmp_path / "nb.ipynb") == []
+
 def test_lectures_run_all_with_their_slow_cells_and_write_nothing(tmp_path):
     "Run All end to end, slow cells included, on the two quick lectures with a switch (RETRAIN in 4, FULL_SIZE in 11)."
     before, status = shipped_files(), git_status()

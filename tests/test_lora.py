@@ -1,5 +1,5 @@
 "LoRA: the from-scratch layer against peft, the diffusers file round trip, combining, fusing and unloading, and bad input."
-import copy
+import copy, json
 
 import pytest, torch
 from peft import set_peft_model_state_dict
@@ -9,13 +9,14 @@ from torch import nn
 from sdcourse.core import shipped_path
 from sdcourse.data import course_dataset
 from sdcourse.exercises import check_lora_layer
-from sdcourse.lora import (LORA_FILE, LoRALinear, add_lora, background_flipped, check_lora_fits, concept_cache, finetune, inject_lora,
+from sdcourse.lora import (LORA_FILE, LoRALinear, adaptation_scores, add_lora, background_flipped, check_lora_fits, concept_cache, finetune, inject_lora,
                            load_lora, lora_config, lora_parameters, lora_state_dict, lora_targets, merge_lora, save_lora,
                            set_lora_strengths, with_prior)
 from sdcourse.training import cache_training_data, load_pipeline
 from sdcourse.data import dataset_images
 
 STARS = shipped_path("lectures", "10_lora", "stars")
+ADAPTATION = shipped_path("lectures", "10_lora", "adaptation.json")
 NEGATIVE = shipped_path("lectures", "10_lora", "negative")
 
 
@@ -119,6 +120,15 @@ def test_save_load_round_trip(pipe, inputs, tmp_path):
     fresh = load_lora(load_pipeline(device="cpu"), tmp_path, "mine")
     torch.testing.assert_close(eps(fresh.unet, inputs), eps(unet, inputs), atol=1e-6, rtol=0)
 
+
+
+@pytest.mark.slow
+def test_the_shipped_star_lora_scores_what_lecture_10_recorded():
+    "The shipped LoRA on the shipped base, graded as the lecture graded it (100 star and 100 base prompts, the same seeds): a LoRA trained for another base would not."
+    record = json.loads(ADAPTATION.read_text())
+    recorded, now = record["runs"][f"LoRA, {record['shipped']}"], adaptation_scores(load_lora(load_pipeline(device="cpu"), STARS, "stars"), n=100)
+    for split in ("concept", "train"):
+        assert all(abs(now[split][k] - recorded[split][k]) <= 0.03 for k in ("colour", "shape", "position", "all")), (split, now[split], recorded[split])
 
 def test_shipped_loras_combine_fuse_unload(pipe, inputs):
     base = eps(pipe.unet, inputs)

@@ -7,7 +7,7 @@ import pytest, torch
 from sdcourse.core import save_tensors, shipped_path
 from sdcourse.data import eval_prompts, make_example
 from sdcourse.exercises import check_keep_rows
-from sdcourse.lora import concept_cache, rename_concept
+from sdcourse.lora import adaptation_scores, concept_cache, rename_concept
 from sdcourse.personalisation import (IDENTIFIER, METHODS, PLACEHOLDER, add_token, init_row, dreambooth_cache, embedding_output, generated_prior, keep_rows,
                                       load_embedding, personalise, read_embedding, save_embedding, shape_cache, textual_inversion)
 from sdcourse.pipeline import main, png_info, reproduce
@@ -136,6 +136,17 @@ def test_the_shipped_shoot_out_is_complete():
     assert read_embedding(STAR, 64)[0] == PLACEHOLDER
     assert read_embedding(shipped_path("lectures", "13_personalisation", "thing.safetensors"), 64)[0] == "<thing>"
 
+
+
+@pytest.mark.slow
+def test_the_shipped_star_word_scores_what_the_shoot_out_recorded():
+    "The shipped `<star>` is the shoot-out's 20-image textual-inversion run: on the shipped model it grades as that run did (an embedding for another text encoder would not)."
+    recorded = next(r for r in json.loads(shipped_path("lectures", "13_personalisation", "shootout.json").read_text())
+                    if r["method"] == "textual inversion" and r["n_images"] == 20)
+    pipe = load_pipeline(device="cpu")
+    now = adaptation_scores(pipe, 100, concept_word=load_embedding(pipe, STAR))
+    for split in ("concept", "train"):
+        assert all(abs(now[split][k] - recorded[split][k]) <= 0.03 for k in ("colour", "shape", "position", "all")), (split, now[split], recorded[split])
 
 def test_keep_rows_checker_passes_the_reference_and_names_mistakes():
     assert check_keep_rows(keep_rows)
