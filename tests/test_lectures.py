@@ -151,19 +151,6 @@ def test_the_names_check_catches_a_slow_cell_that_rebinds_a_name(tmp_path):
     assert clobbered_by_slow_cells(tmp_path / "nb.ipynb") == []
 
 
-def figures_shown_twice(path):
-    "Cells of `path` whose saved outputs hold the same image twice: a cell ending in a call that returns the figure it shows (`show_images(...)` without ';')."
-    cells = json.loads(Path(path).read_text())["cells"]
-    pngs = [[o["data"]["image/png"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})] for c in cells]
-    return [f"{Path(path).name} cell {i}" for i, images in enumerate(pngs) if len(images) != len(set(images))]
-
-
-def test_no_lecture_shows_a_figure_twice(tmp_path):
-    assert [cell for p in sorted((ROOT / "nbs").glob("*.ipynb")) for cell in figures_shown_twice(p)] == []
-    image = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
-    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=[dict(cell_type="code", source="show_images(x)", outputs=[image, dict(image, output_type="execute_result")])])))
-    assert figures_shown_twice(tmp_path / "nb.ipynb") == ["nb.ipynb cell 0"]
-
 def test_lectures_run_all_with_their_slow_cells_and_write_nothing(tmp_path):
     "Run All end to end, slow cells included, on the two quick lectures with a switch (RETRAIN in 4, FULL_SIZE in 11)."
     before, status = shipped_files(), git_status()

@@ -55,6 +55,25 @@ def test_committed_outputs_are_clean(path):
             assert not text.startswith("an error"), f"{path.name}, code cell {i}: saved with an error"
 
 
+
+def figures_shown_twice(path):
+    "Code cells of `path` whose saved outputs hold the same image twice: a cell ending in a call that returns the figure it shows (`show_images(...)` without ';')."
+    pngs = [[o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})] for cell in code_cells(path)]
+    return [i for i, images in enumerate(pngs) if len(images) != len(set(images))]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_figure_is_shown_twice(path):
+    assert figures_shown_twice(path) == [], f"{path.name}, code cells {figures_shown_twice(path)}: the same image twice (end the line with ';')"
+
+
+def test_the_twice_check_finds_a_doubled_figure(tmp_path):
+    image = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
+    cells = [dict(cell_type="code", source="show_images(x)", outputs=[image, dict(image, output_type="execute_result")]),
+             dict(cell_type="code", source="show_images(y);", outputs=[image])]
+    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells)))
+    assert figures_shown_twice(tmp_path / "nb.ipynb") == [0]
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_cell_that_shows_something_was_saved_with_its_output(path):
     empty = [i for i, cell in enumerate(code_cells(path)) if must_show_something("".join(cell["source"])) and not cell.get("outputs")]
