@@ -65,18 +65,22 @@ def test_the_switch_check_catches_a_slow_cell_that_would_run(tmp_path):
     assert "sets `RETRAIN = False`" in notebook("#| slow\nRETRAIN = False", "#| slow\nif RETRAIN:\n    train()")[-1]
 
 
+def parsed_code_cells(path):
+    "(index, is it `#| slow`, its syntax tree) of each code cell of `path`, indexed as `slow_cells` does, magics left out."
+    return [(i, bool(re.search(r"^#\|\s*slow", source, re.M)), ast.parse("\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("%", "!")))))
+            for i, (source, kind) in enumerate(slow_cells(path)[1]) if kind == "code"]
+
+
 def undefined_in_slow_cells(path):
     """Names a `#| slow` cell of `path` reads that no earlier cell (nor the cell itself, nor Python) defines: with the switch on, Run All
     would stop there with a NameError, after the long runs before it. A name the lecture exports further down must be imported first."""
     import builtins
     known, problems = set(dir(builtins)) | {"get_ipython", "display"}, []
-    for i, (source, kind) in enumerate(slow_cells(path)[1]):
-        if kind != "code": continue
-        tree = ast.parse("\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+    for i, slow, tree in parsed_code_cells(path):
         defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
         defined |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
         defined |= {(a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
-        if re.search(r"^#\|\s*slow", source, re.M):
+        if slow:
             read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
             problems += [f"{path.name} cell {i} reads {name!r} before any cell defines it" for name in sorted(read - known - defined)]
         known |= defined
@@ -119,12 +123,7 @@ def clobbered_by_slow_cells(path):
     """Names a `#| slow` cell of `path` rebinds that an earlier ordinary cell defined and a later one reads without defining it again:
     with the switch on, Run All would hand that later cell the long run's object instead of the lecture's (lecture 10's table read a
     pipeline where it expected a count)."""
-    cells = []
-    for i, (source, kind) in enumerate(slow_cells(path)[1]):
-        if kind != "code": continue
-        tree = ast.parse("\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))))
-        cells.append((i, bool(re.search(r"^#\|\s*slow", source, re.M)), *_top_level_names(tree)))
-    problems = []
+    cells, problems = [(i, slow, *_top_level_names(tree)) for i, slow, tree in parsed_code_cells(path)], []
     for j, (i, slow, bound, _) in enumerate(cells):
         if not slow: continue
         earlier = set().union(*[b for _, s, b, _ in cells[:j] if not s])
