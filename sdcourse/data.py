@@ -162,7 +162,7 @@ PHRASINGS = {"template": template_caption, "adjectives": _adjectives, "coloured"
              "in colour": _in_colour, "background first": _background_first, "word list": _word_list}
 TRAIN_PHRASINGS = ("template", "adjectives", "coloured", "request")     # may appear in training captions
 HELDOUT_PHRASINGS = ("in colour", "background first", "word list")       # never do: new constructions of the same words
-CAPTION_PHRASINGS = ("template",)  # the families the dataset's captions use: what sdcourse-tiny was trained on
+CAPTION_PHRASINGS = TRAIN_PHRASINGS  # the families the dataset's captions use: what sdcourse-tiny was trained on
 
 def _check_phrasings(phrasings):
     phrasings = (phrasings,) if isinstance(phrasings, str) else tuple(phrasings)

@@ -209,9 +209,9 @@ def test_a_png_reproduces_from_any_folder_with_its_lora(tmp_path, capsys, monkey
 
 
 def test_cli_warns_in_one_line_about_words_the_model_never_learned(tmp_path, capsys):
-    assert main(["generate", "a crimson circle, please", "-o", str(tmp_path / "a.png")]) == 0
+    assert main(["generate", "a crimson circle, kindly", "-o", str(tmp_path / "a.png")]) == 0
     warning, = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warning.startswith("sdcourse generate: warning: this model's tokenizer cuts 'crimson' (for the colour, the course's captions say red")
-    assert "'please'" in warning and (tmp_path / "a.png").is_file()
+    assert "'kindly'" in warning and (tmp_path / "a.png").is_file()
     assert main(["generate", "a red circle in the center", "-o", str(tmp_path / "b.png")]) == 0
     assert "warning" not in capsys.readouterr().err
