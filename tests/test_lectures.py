@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+LECTURES = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
 
 
 def shipped_files():
@@ -15,6 +16,13 @@ def shipped_files():
 
 def git_status():
     return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True).stdout
+
+
+def write_notebook(path, *sources):
+    "A notebook at `path` whose code cells hold `sources`, for showing a check what it must catch; returns `path`."
+    cells = [dict(cell_type="code", source=s, metadata={}, outputs=[], execution_count=None) for s in sources]
+    path.write_text(json.dumps(dict(cells=cells)))
+    return path
 
 
 SWITCHES = ("RETRAIN", "FULL_SIZE")  # each lecture's visible switches for its long runs, off as shipped
@@ -47,16 +55,12 @@ def switched_off(path):
 def test_slow_cells_are_switched_off_in_every_lecture():
     """Run All (every cell, slow ones included) does what `nbdev-test` does, which CI runs on every lecture: each slow cell is one
     `if RETRAIN:` block and the lecture sets RETRAIN = False in a cell that is not slow."""
-    lectures = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
-    assert sum(len(slow_cells(p)[0]) for p in lectures) >= 15  # the long runs of lectures 3-15
-    assert [problem for p in lectures for problem in switched_off(p)] == []
+    assert sum(len(slow_cells(p)[0]) for p in LECTURES) >= 15  # the long runs of lectures 3-15
+    assert [problem for p in LECTURES for problem in switched_off(p)] == []
 
 
 def test_the_switch_check_catches_a_slow_cell_that_would_run(tmp_path):
-    def notebook(*sources):
-        cells = [dict(cell_type="code", source=s, metadata={}, outputs=[], execution_count=None) for s in sources]
-        (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells)))
-        return switched_off(tmp_path / "nb.ipynb")
+    notebook = lambda *sources: switched_off(write_notebook(tmp_path / "nb.ipynb", *sources))
     assert notebook("RETRAIN = False", "#| slow\nif RETRAIN:\n    train()") == []
     assert "is not one `if RETRAIN:` block" in notebook("RETRAIN = False", "#| slow\nx = 1\nif RETRAIN:\n    train()")[0]
     assert "is not one `if RETRAIN:` block" in notebook("RETRAIN = False", "#| slow\nif RETRAIN: train()\nelse: measure()")[0]
@@ -89,15 +93,12 @@ def undefined_in_slow_cells(path):
 
 def test_slow_cells_read_only_what_earlier_cells_define():
     "With RETRAIN = True, Run All reaches every slow cell with what it needs (lectures 10 and 15 used functions they export further down)."
-    lectures = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
-    assert [problem for p in lectures for problem in undefined_in_slow_cells(p)] == []
+    assert [problem for p in LECTURES for problem in undefined_in_slow_cells(p)] == []
 
 
 def test_the_order_check_catches_a_name_defined_too_late(tmp_path):
-    cells = [dict(cell_type="code", source=s, metadata={}, outputs=[], execution_count=None)
-             for s in ("RETRAIN = False", "#| slow\nif RETRAIN:\n    save(train())", "#| export\ndef train(): pass")]
-    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells)))
-    assert undefined_in_slow_cells(tmp_path / "nb.ipynb") == ["nb.ipynb cell 1 reads 'save' before any cell defines it",
+    path = write_notebook(tmp_path / "nb.ipynb", "RETRAIN = False", "#| slow\nif RETRAIN:\n    save(train())", "#| export\ndef train(): pass")
+    assert undefined_in_slow_cells(path) == ["nb.ipynb cell 1 reads 'save' before any cell defines it",
                                                               "nb.ipynb cell 1 reads 'train' before any cell defines it"]
 
 
@@ -135,19 +136,16 @@ def clobbered_by_slow_cells(path):
 
 def test_slow_cells_leave_the_lectures_names_alone():
     "With RETRAIN = True, the cells after a long run see the same names as with it off."
-    lectures = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
-    assert [problem for p in lectures for problem in clobbered_by_slow_cells(p)] == []
+    assert [problem for p in LECTURES for problem in clobbered_by_slow_cells(p)] == []
 
 
 def test_the_names_check_catches_a_slow_cell_that_rebinds_a_name(tmp_path):
-    cells = [dict(cell_type="code", source=s, metadata={}, outputs=[], execution_count=None)
-             for s in ("full = 3\nfor k in range(2): pass", "#| slow\nif RETRAIN:\n    full = load()\n    k = [k for k in range(3)]",
-                       "print(full, k)", "k = 1\nprint(k)", "def f(full): return full")]
-    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells)))
-    assert clobbered_by_slow_cells(tmp_path / "nb.ipynb") == ["nb.ipynb cell 1 rebinds 'full', which cell 2 reads", "nb.ipynb cell 1 rebinds 'k', which cell 2 reads"]
-    cells[2]["source"] = "full = 4\nprint(full, [k for k in range(2)])"  # defines it again, and the comprehension's k is its own
-    (tmp_path / "nb.ipynb").write_text(json.dumps(dict(cells=cells)))
-    assert clobbered_by_slow_cells(tmp_path / "nb.ipynb") == []
+    sources = ["full = 3\nfor k in range(2): pass", "#| slow\nif RETRAIN:\n    full = load()\n    k = [k for k in range(3)]",
+               "print(full, k)", "k = 1\nprint(k)", "def f(full): return full"]
+    path = write_notebook(tmp_path / "nb.ipynb", *sources)
+    assert clobbered_by_slow_cells(path) == ["nb.ipynb cell 1 rebinds 'full', which cell 2 reads", "nb.ipynb cell 1 rebinds 'k', which cell 2 reads"]
+    sources[2] = "full = 4\nprint(full, [k for k in range(2)])"  # defines it again, and the comprehension's k is its own
+    assert clobbered_by_slow_cells(write_notebook(path, *sources)) == []
 
 
 def test_lectures_run_all_with_their_slow_cells_and_write_nothing(tmp_path):
