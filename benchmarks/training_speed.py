@@ -11,7 +11,7 @@ import torch
 from sdcourse.core import get_device, shipped_path
 from sdcourse.schedules import NoiseSchedule
 from sdcourse.text import encode_prompts, load_text_encoder
-from sdcourse.training import cache_training_data, diffusion_loss, training_batch
+from sdcourse.training import cache_training_data, diffusion_loss, first_at, training_batch, training_minutes
 from sdcourse.unet import make_unet
 from sdcourse.data import dataset_images
 from sdcourse.vae import encode_images, load_vae
@@ -65,12 +65,9 @@ def main():
     print(f"| VAE and text encoder on every batch | {without:.2f} | {without * bs:,.0f} |")
     print(f"caching makes a step {with_cache / without:.1f}x faster")
     record = json.loads(shipped_path("sdcourse-tiny", "unet", "training.json").read_text())
-    attributes = ("colour", "shape", "position", "size", "background")
-    evals = [h for h in record["history"] if "train_all" in h]
-    hit = next((h for h in evals if min(h[f"train_{k}"] for k in attributes) >= 0.9), None)
+    hit = first_at(record)
     print(f"shipped run ({record['device']}): every attribute >= 90% on training pairs first at step "
-          + (f"{hit['step']}, after {(hit['seconds'] - hit.get('eval_seconds', 0.0)) / 60:.1f} minutes of training"
-             + ("" if "eval_seconds" in hit else " and measuring") if hit else "- never reached"))
+          + (f"{hit['step']}, after {training_minutes(hit):.1f} minutes of training" if hit else "- never reached"))
     if args.record:
         meta = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__, batch_size=bs, repeats=args.repeats,
                     command="python benchmarks/training_speed.py --record ...")

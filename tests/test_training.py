@@ -6,7 +6,7 @@ import safetensors.torch
 from sdcourse.core import shipped_path
 from sdcourse.text import encode_prompts, load_text_encoder
 from sdcourse.data import TRAIN_PHRASINGS, course_dataset, eval_prompts
-from sdcourse.training import (ADHERENCE_GROUPS, adherence, cache_training_data, generate_images, images_cache, load_checkpoint, load_pipeline,
+from sdcourse.training import (ADHERENCE_GROUPS, GRADED_ATTRIBUTES, adherence, first_at, training_minutes, cache_training_data, generate_images, images_cache, load_checkpoint, load_pipeline,
                                train_course_unet, train_unet, training_batch, TrainConfig)
 from sdcourse.unet import make_unet
 from sdcourse.data import dataset_images
@@ -214,8 +214,7 @@ def test_shipped_adherence_not_worse_than_recorded():
         got = adherence(pipe, 200, split, guidance_scale=record["adherence"]["guidance_scale"], phrasings=phrasings)
         recorded = record["adherence"][group]
         assert got["all"] >= recorded["all"] - 0.02 and got["colour"] >= recorded["colour"] - 0.02, (group, got, recorded)
-    attributes = ("colour", "shape", "position", "size", "background")
-    assert all(record["adherence"]["train"][k] >= 0.9 for k in attributes), record["adherence"]["train"]
+    assert all(record["adherence"]["train"][k] >= 0.9 for k in GRADED_ATTRIBUTES), record["adherence"]["train"]
 
 
 def test_training_leaves_the_callers_global_generator_alone(cache):
@@ -261,3 +260,16 @@ def test_the_history_keeps_evaluation_time_apart(cache):
     assert [h["eval_seconds"] for h in history] == sorted(h["eval_seconds"] for h in history)  # it only grows
     assert all(h["eval_seconds"] <= h["seconds"] for h in history)  # `seconds` is taken after the step's evaluation: it holds every evaluation so far
     assert 0.9 <= history[-1]["eval_seconds"] < history[-1]["seconds"]  # three evaluations of 0.3 s, inside the total
+    assert training_minutes(history[-1]) == pytest.approx((history[-1]["seconds"] - history[-1]["eval_seconds"]) / 60)
+
+
+def test_first_at_finds_the_first_evaluation_where_every_attribute_passes():
+    scores = lambda group, worst: {f"{group}_{k}": (worst if k == "size" else 1.0) for k in (*GRADED_ATTRIBUTES, "all")}
+    history = [dict(step=1, loss=0.1, seconds=60.0), dict(step=2, seconds=120.0, eval_seconds=30.0, **scores("train", 0.89), **scores("heldout", 0.5)),
+               dict(step=3, seconds=240.0, eval_seconds=60.0, **scores("train", 0.9), **scores("heldout", 0.95))]
+    record = dict(history=history)
+    assert first_at(record)["step"] == 3 and first_at(record, "heldout")["step"] == 3  # 0.89 in one attribute is not enough; 0.9 is
+    assert first_at(record, bar=0.8)["step"] == 2 and first_at(record, "heldout", bar=0.99) is None and first_at(record, "new_phrasings") is None
+    assert training_minutes(first_at(record)) == 3.0 and training_minutes(history[0]) == 1.0  # 240 s less 60 s of measuring; no evaluation yet
+    shipped = json.loads(shipped_path("sdcourse-tiny", "unet", "training.json").read_text())
+    assert first_at(shipped)["step"] == 1500 and 8 < training_minutes(first_at(shipped)) < 10  # lecture 7's "step 1,500, 8.6 minutes of training"
