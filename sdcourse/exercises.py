@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .core import seeded
 from .data import parse_caption as _reference_parse_caption
 from .schedules import NoiseSchedule
 
@@ -296,8 +297,10 @@ def check_img2img_timesteps(img2img_timesteps):
 # %% ../nbs/90_exercises.ipynb #2a70e2f3
 def check_lora_layer(lora_class):
     "Check the learner's `lora_class(base, r, alpha)`: W frozen, A [r, d_in] random, B [d_out, r] zero, y = base(x) + (alpha / r) B A x."
+    with seeded(0): return _check_lora_layer(lora_class)  # the layers' random weights: the same on every run, the learner's generator untouched
+
+def _check_lora_layer(lora_class):
     name, fail = "LoRA layer", lambda message: CheckResult("LoRA layer", False, message)
-    torch.manual_seed(0)
     base, x = torch.nn.Linear(16, 8), torch.randn(5, 16)
     layer, failed = _call(name, lora_class, (base, 4, 8.0), "lora_class(base=nn.Linear(16, 8), r=4, alpha=8.0)")
     if failed is not None: return failed

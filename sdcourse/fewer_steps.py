@@ -6,21 +6,21 @@ Docs: https://sdcourse.github.io/sdcourse/fewer_steps.html.md"""
 
 # %% auto #0
 __all__ = ['SIGMA_DATA', 'TIMESTEP_SCALING', 'ORIGINAL_STEPS', 'LCM_GUIDANCE', 'LCM_TARGETS', 'LCM_LORA', 'VALIDATION_SEED',
-           'FLOW_UNET', 'METRIC_SETTINGS', 'LCM_STEPS', 'consistency_scalings', 'consistency_output',
-           'solver_timesteps', 'lcm_timesteps', 'ScratchLCMScheduler', 'lcm_batch', 'teacher_step', 'pseudo_huber',
-           'consistency_loss', 'lcm_validation', 'distill_lcm', 'flow_interpolate', 'flow_loss', 'flow_sigmas',
-           'ScratchFlowScheduler', 'train_flow_unet', 'load_flow_pipeline', 'lcm_lora_path', 'with_lcm',
-           'few_step_models', 'measure_steps', 'measure_metrics', 'add_lcm_option']
+           'LCM_RECIPE', 'LCM_LORA_RECIPE', 'FLOW_UNET', 'METRIC_SETTINGS', 'LCM_STEPS', 'consistency_scalings',
+           'consistency_output', 'solver_timesteps', 'lcm_timesteps', 'ScratchLCMScheduler', 'lcm_batch',
+           'teacher_step', 'pseudo_huber', 'consistency_loss', 'lcm_validation', 'distill_lcm', 'flow_interpolate',
+           'flow_loss', 'flow_sigmas', 'ScratchFlowScheduler', 'train_flow_unet', 'load_flow_pipeline', 'lcm_lora_path',
+           'with_lcm', 'few_step_models', 'measure_steps', 'measure_metrics', 'add_lcm_option']
 
 # %% ../nbs/15_fewer_steps.ipynb #881bf4e3
-import copy, warnings
+import copy, dataclasses, warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-from .core import check_int, get_device, shipped_path
+from .core import TrainConfig, check_int, get_device, make_recipe, seeded, shipped_path
 from .data import eval_prompts
 from .evaluation import evaluate_images, real_images
 from .lora import TARGETS, add_lora, check_lora_fits, load_lora, set_lora_strengths
@@ -28,7 +28,7 @@ from .pipeline import _where
 from .sampling import both_branches, draw_noise, euler_step, generate, guided_noise, measure_sampling, predict_x0, sampling_eval
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import load_mini_clip
-from .training import ema_unet, load_pipeline, make_pipeline, train_unet, training_batch
+from .training import TINY_RECIPE, ema_unet, load_pipeline, make_pipeline, train_unet, training_batch
 from .unet import make_unet
 
 # %% ../nbs/15_fewer_steps.ipynb #bc90174d
@@ -124,34 +124,36 @@ def lcm_validation(pipe, n=100, steps=4):
     "An `eval_fn` for `distill_lcm` (lecture 8's `sampling_eval`): the grader on `n` validation captions of the training pairs, drawn by the student in `steps` LCM steps without guidance."
     return sampling_eval(pipe, ScratchLCMScheduler(dict(pipe.scheduler.config)), steps, 1.0, {"validation": eval_prompts(n, "train", seed=VALIDATION_SEED)})
 
+LCM_RECIPE = TrainConfig(steps=1000, batch_size=64, lr=1e-5, warmup=100, ema_decay=0.99, p_uncond=0.0)  # the whole-UNet student's (the targets come from its EMA too)
+LCM_LORA_RECIPE = dataclasses.replace(LCM_RECIPE, lr=1e-4)  # the LCM-LoRA's: a LoRA learns at ten times the rate
+
 def distill_lcm(teacher,                      # a noise-predicting UNet (sdcourse-tiny's), left unchanged
                 cache,                        # lecture 7's training cache
-                steps=1000,                   # optimizer steps
+                config=None,                  # a `TrainConfig`; None: `LCM_RECIPE`, or `LCM_LORA_RECIPE` with a `lora_rank` (its `seed` draws the LoRA too)
+                *,
                 lora_rank=None,               # None distils a copy of the whole UNet (LCM); a rank trains a LoRA on it (LCM-LoRA)
-                batch_size=64,                # images per step
-                lr=None,                      # None: 1e-5 for the whole UNet, 1e-4 for a LoRA
                 guidance_scale=LCM_GUIDANCE,  # the teacher's guidance, folded into the student
-                seed=0,                       # seeds the batches, the noise and the LoRA's initial weights
-                ema_decay=0.99,               # the EMA of the student's weights, which the targets come from too
                 checkpoint=None,              # a safetensors file to save to (and resume from)
                 resume=False,                 # continue the run saved in `checkpoint`
                 eval_fn=None,                 # scores "validation_all" every `eval_every` steps (`lcm_validation`): early stopping
                 eval_every=None,              # steps between evaluations
-                device=None):                 # None: CUDA, then MPS, then the CPU
-    """Latent consistency distillation of `teacher` on `cache`. Returns `(student with EMA weights, history)`: with an `eval_fn`, the weights
-    of the best evaluation (a resumed run chooses among the evaluations made after it resumed), else the last ones."""
+                device=None,                  # None: CUDA, then MPS, then the CPU
+                **changes):                   # `TrainConfig` fields to change: `distill_lcm(unet, cache, steps=2, lora_rank=4, batch_size=8)`
+    """Latent consistency distillation of `teacher` on `cache` (lecture 7's `train_unet`, `warmup` steps at most a fifth of the run).
+    Returns `(student with EMA weights, history)`: with an `eval_fn`, the weights of the best evaluation (a resumed run chooses among the
+    evaluations made after it resumed), else the last ones."""
+    c = make_recipe(config, LCM_RECIPE if lora_rank is None else LCM_LORA_RECIPE, trainer="distill_lcm", **changes)
     teacher = teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher)
     if lora_rank is None: student.requires_grad_(True)
-    else: add_lora(student, lora_rank, targets=LCM_TARGETS, seed=seed)  # freezes the copy; only the LoRA trains
-    lr = lr if lr is not None else 1e-5 if lora_rank is None else 1e-4
+    else: add_lora(student, lora_rank, targets=LCM_TARGETS, seed=c.seed)  # freezes the copy; only the LoRA trains
     best = dict(score=-1.0, weights=None)
     def keep_best(unet):  # train_unet calls it with the EMA weights in place
         scores = eval_fn(unet)
         if scores.get("validation_all", -1.0) > best["score"]: best.update(score=scores["validation_all"], weights=copy.deepcopy(unet.state_dict()))
         return scores
-    ema, history = train_unet(student, cache, steps=steps, batch_size=batch_size, lr=lr, warmup=min(100, steps // 5 + 1), ema_decay=ema_decay, p_uncond=0.0, seed=seed,
-                              checkpoint=checkpoint, resume=resume, eval_fn=keep_best if eval_fn else None, eval_every=eval_every, device=device,
+    ema, history = train_unet(student, cache, c, warmup=min(c.warmup, c.steps // 5 + 1), checkpoint=checkpoint, resume=resume,
+                              eval_fn=keep_best if eval_fn else None, eval_every=eval_every, device=device,
                               batch=lcm_batch, loss_fn=consistency_loss(teacher.to(get_device(device)), guidance_scale))
     student = ema_unet(student, ema)
     if best["weights"] is not None: student.load_state_dict(best["weights"])
@@ -193,20 +195,18 @@ class ScratchFlowScheduler:
 FLOW_UNET = ("lectures", "15_fewer_steps", "flow-unet")  # the shipped flow-matching UNet, beside this lecture's records
 
 def train_flow_unet(cache,            # lecture 7's training cache
-                    steps=3500,       # optimizer steps (sdcourse-tiny's)
-                    batch_size=128,   # images per step
-                    lr=1e-3,          # AdamW's peak learning rate
-                    seed=0,           # seeds the UNet's initial weights and the run
+                    config=None,      # a `TrainConfig`; None: `TINY_RECIPE`, sdcourse-tiny's (its `seed` draws the UNet's initial weights too)
+                    *,
                     checkpoint=None,  # a safetensors file to save to (and resume from)
                     resume=False,     # continue the run saved in `checkpoint`
                     eval_fn=None,     # measures the EMA weights every `eval_every` steps (`sampling_eval` with the flow sampler)
                     eval_every=None,  # steps between evaluations
-                    device=None):     # None: CUDA, then MPS, then the CPU
+                    device=None,      # None: CUDA, then MPS, then the CPU
+                    **changes):       # `TrainConfig` fields to change: `train_flow_unet(cache, steps=2, batch_size=8)`
     "Lecture 7's sdcourse-tiny recipe with the flow-matching objective: a new `make_unet()` trained on `cache`; returns `(UNet with EMA weights, history)`."
-    torch.manual_seed(seed)
-    unet = make_unet()
-    ema, history = train_unet(unet, cache, steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint=checkpoint, resume=resume, eval_fn=eval_fn,
-                              eval_every=eval_every, device=device, loss_fn=flow_loss)
+    c = make_recipe(config, TINY_RECIPE, trainer="train_flow_unet", **changes)
+    with seeded(c.seed): unet = make_unet()
+    ema, history = train_unet(unet, cache, c, checkpoint=checkpoint, resume=resume, eval_fn=eval_fn, eval_every=eval_every, device=device, loss_fn=flow_loss)
     return ema_unet(unet, ema), history
 
 def load_flow_pipeline(path=None, device=None):

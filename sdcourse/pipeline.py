@@ -106,10 +106,9 @@ def unet_parity(config, seed=0):
     """Build `UNet2DConditionModel(**config)` with random weights, copy it into lecture 6's `ScratchUNet`, and run each once on the same
     input: parameters, the largest difference of the two noise predictions, and the seconds each forward pass took."""
     from diffusers import UNet2DConditionModel
+    from sdcourse.core import seeded
     from sdcourse.unet import ScratchUNet
-    with torch.random.fork_rng(devices=[]):  # random weights from `seed`, without touching the caller's generator
-        torch.manual_seed(seed)
-        theirs = UNet2DConditionModel(**config).eval()
+    with seeded(seed): theirs = UNet2DConditionModel(**config).eval()  # random weights from `seed`, the caller's generator untouched
     ours, g = ScratchUNet.from_diffusers(theirs), torch.Generator().manual_seed(seed)
     side = config["sample_size"]
     x = torch.randn(1, config["in_channels"], side, side, generator=g)  # [1, 4, 64, 64] for SD 1.5: a 512x512 image's latent
@@ -300,18 +299,18 @@ def _run_dataset(args):
     print(export_imagefolder(args.output, args.n_images, args.split, args.seed, overwrite=args.overwrite))
 
 def _run_train_vae(args):
-    _, record = train_course_vae(args.steps, args.n_images, args.output, seed=args.seed, device=args.device, overwrite=args.overwrite)
+    _, record = train_course_vae(steps=args.steps, n_images=args.n_images, out=args.output, seed=args.seed, device=args.device, overwrite=args.overwrite)
     print(f"{args.output}: held-out reconstruction MSE {record['heldout_mse']:.5f}")
 
 def _run_train_text_encoder(args):
     out = check_output_folder(args.output, args.overwrite)  # the folder as a whole, before the work; its three parts are checked again inside
-    _, _, record = train_course_text_encoder(args.steps, args.n_images, seed=args.seed, device=args.device, out=out, overwrite=args.overwrite)
+    _, _, record = train_course_text_encoder(steps=args.steps, n_images=args.n_images, seed=args.seed, device=args.device, out=out, overwrite=args.overwrite)
     held = record["retrieval"]["heldout"]
     print(f"{out}: text encoder in sdcourse-tiny/, mini-CLIP in mini-clip/; held-out retrieval caption -> image {held['caption_to_image']:.2f}")
 
 def _run_train(args):
     checkpoint = Path(args.output).with_name(Path(args.output).name + "-checkpoint.safetensors")
-    _, record = train_course_unet(args.steps, args.n_images, seed=args.seed, out=args.output, eval_every=None, n_eval=args.n_eval,
+    _, record = train_course_unet(steps=args.steps, n_images=args.n_images, seed=args.seed, out=args.output, eval_every=None, n_eval=args.n_eval,
                                   checkpoint=checkpoint, device=args.device, overwrite=args.overwrite)
     print(f"{args.output}: adherence on training prompts {record['adherence']['train']['all']:.2f}, held-out {record['adherence']['heldout']['all']:.2f}")
 
@@ -321,7 +320,7 @@ def _run_adapt(args):
     pipe = load_sd(args.model, args.device)
     cache = _training_cache(args, pipe)
     if args.command == "train-lora": add_lora(pipe.unet, r=args.rank, seed=args.seed)
-    seconds, history = finetune(pipe.unet, cache, args.steps, args.lr, batch_size=min(20, len(cache["captions"])), seed=args.seed, device=args.device)
+    seconds, history = finetune(pipe.unet, cache, steps=args.steps, lr=args.lr, batch_size=min(20, len(cache["captions"])), seed=args.seed, device=args.device)
     if args.command == "train-lora": path = replace_folder(args.output, lambda tmp: save_lora(pipe.unet, tmp), "lora", args.overwrite) / LORA_FILE
     else: path = save_pretrained_atomic(pipe.to("cpu"), args.output, args.overwrite)
     print(f"{path}: {args.steps} steps in {seconds:.0f} s, final loss {history[-1]['loss']:.4f}")

@@ -1,13 +1,14 @@
-import json, os, subprocess, sys
+import dataclasses, inspect, json, os, subprocess, sys
 
 import pytest, torch
+from pathlib import Path
 import safetensors.torch
 
 from sdcourse.core import shipped_path
 from sdcourse.text import encode_prompts, load_text_encoder
 from sdcourse.data import TRAIN_PHRASINGS, course_dataset, eval_prompts
 from sdcourse.training import (ADHERENCE_GROUPS, GRADED_ATTRIBUTES, adherence, first_at, training_minutes, cache_training_data, generate_images, images_cache, load_checkpoint, load_pipeline,
-                               train_course_unet, train_unet, training_batch, TrainConfig)
+                               train_course_unet, train_unet, training_batch, TrainConfig, TINY_RECIPE)
 from sdcourse.unet import make_unet
 from sdcourse.data import dataset_images
 from sdcourse.vae import load_vae
@@ -145,7 +146,7 @@ def test_nan_loss_stops_before_a_checkpoint(cache, tmp_path):
     assert ck.read_bytes() == good
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(steps=0), "steps must be"), (dict(p_uncond=1.0), r"p_uncond must lie in \[0, 1\)"),
+@pytest.mark.parametrize("kwargs,match", [(dict(steps=0), "steps must be"), (dict(p_uncond=1.0), r"p_uncond must be a finite number in \[0, 1\)"),
                                           (dict(mixed_precision="fp8"), "mixed_precision=.fp8. is not accepted; choose one of"),
                                           (dict(grad_accum=0), "grad_accum must be")])
 def test_bad_training_arguments(cache, kwargs, match):
@@ -176,6 +177,7 @@ def test_retrain_command_runs_a_few_steps_and_saves_a_loadable_pipeline(tmp_path
     assert record["steps"] == 2 and set(record["adherence"]) >= {"train", "heldout"} and (tmp_path / "ck.safetensors").exists()
     saved = json.loads((tmp_path / "tiny" / "unet" / "training.json").read_text())
     assert saved["command"].startswith("python -c") and "train_course_unet(steps=2)" in saved["command"]
+    assert {f.name: saved[f.name] for f in dataclasses.fields(TrainConfig)} == dataclasses.asdict(dataclasses.replace(TINY_RECIPE, steps=2))  # the recipe, by name
     loaded = load_pipeline(tmp_path / "tiny", device="cpu")
     for a, b in zip(loaded.unet.parameters(), pipe.unet.parameters()): assert torch.equal(a, b.cpu())
 
@@ -273,3 +275,83 @@ def test_first_at_finds_the_first_evaluation_where_every_attribute_passes():
     assert training_minutes(first_at(record)) == 3.0 and training_minutes(history[0]) == 1.0  # 240 s less 60 s of measuring; no evaluation yet
     shipped = json.loads(shipped_path("sdcourse-tiny", "unet", "training.json").read_text())
     assert first_at(shipped)["step"] == 1500 and 8 < training_minutes(first_at(shipped)) < 10  # lecture 7's "step 1,500, 8.6 minutes of training"
+
+
+# The trainers and their recipes (issue #36): one `TrainConfig` each, changed by keyword, never the caller's random stream.
+from sdcourse.control import CONTROLNET_RECIPE, control_cache, train_controlnet
+from sdcourse.core import make_recipe, seeded
+from sdcourse.fewer_steps import LCM_LORA_RECIPE, LCM_RECIPE, distill_lcm, train_flow_unet
+from sdcourse.lora import FINETUNE_RECIPE, add_lora, finetune
+from sdcourse.personalisation import TEXTUAL_INVERSION_RECIPE, personalise, textual_inversion
+from sdcourse.text import MINI_CLIP_RECIPE, train_course_text_encoder, train_mini_clip
+from sdcourse.training import compare_pixel_latent
+from sdcourse.vae import VAE_RECIPE, ScratchVAE, train_course_vae, train_vae
+
+TRAINERS = [train_vae, train_course_vae, train_mini_clip, train_course_text_encoder, train_unet, train_course_unet, compare_pixel_latent, finetune,
+            textual_inversion, personalise, train_controlnet, distill_lcm, train_flow_unet]
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=lambda f: f.__name__)
+def test_every_trainer_takes_a_recipe_or_its_fields(trainer):
+    "A `config` (a TrainConfig) and `**changes` (its fields by keyword), and no argument of its own that repeats a field."
+    params = inspect.signature(trainer).parameters
+    assert "config" in params and any(p.kind is p.VAR_KEYWORD for p in params.values()), trainer.__name__
+    assert not {f.name for f in dataclasses.fields(TrainConfig)} & set(params), trainer.__name__
+
+
+def test_the_default_recipes_are_the_shipped_runs():
+    "Each trainer's default recipe is the one its shipped model was trained with (as the records in data/ say)."
+    for recipe, folder in ((VAE_RECIPE, ("sdcourse-tiny", "vae")), (TINY_RECIPE, ("sdcourse-tiny", "unet")), (MINI_CLIP_RECIPE, ("mini-clip",)),
+                           (CONTROLNET_RECIPE, ("sdcourse-tiny-controlnet",)), (LCM_LORA_RECIPE, ("sdcourse-tiny-lcm-lora",))):
+        record = json.loads(shipped_path(*folder, "training.json").read_text())
+        assert {k: v for k, v in dataclasses.asdict(recipe).items() if k in record} == {k: record[k] for k in dataclasses.asdict(recipe) if k in record}, folder
+    assert (LCM_RECIPE.lr, LCM_LORA_RECIPE.lr) == (1e-5, 1e-4) and (FINETUNE_RECIPE.steps, FINETUNE_RECIPE.lr, FINETUNE_RECIPE.ema_decay) == (1000, 1e-2, 0.0)
+    assert (TEXTUAL_INVERSION_RECIPE.lr, TEXTUAL_INVERSION_RECIPE.max_grad_norm) == (5e-3, None)
+
+
+def test_a_trainer_refuses_what_it_has_no_use_for():
+    images = dataset_images(8)
+    with pytest.raises(ValueError, match="train_vae has no use for ema_decay=0.99; it runs with ema_decay=0.0"): train_vae(ScratchVAE(), images, ema_decay=0.99)
+    with pytest.raises(TypeError, match="train_vae got 'learning_rate', which is neither"): train_vae(ScratchVAE(), images, learning_rate=1e-3)
+    with pytest.raises(TypeError, match="config must be a TrainConfig"): train_vae(ScratchVAE(), images, 10)  # steps is not positional
+    with seeded(0): a, b = ScratchVAE(), ScratchVAE()
+    b.load_state_dict(a.state_dict())  # the same initial weights
+    assert losses(train_vae(a, images, steps=2, batch_size=4, device="cpu")) == losses(train_vae(b, images, dataclasses.replace(VAE_RECIPE, steps=2, batch_size=4), device="cpu"))
+
+
+def test_a_trainer_and_add_lora_leave_the_global_generator_alone(cache):
+    """What a trainer draws from torch's global generator (new weights, peft's LoRA) it draws from a seeded copy (`core.seeded`): the caller's
+    stream is where it was, and the run is a function of its recipe's seed, whatever the caller's generator held."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    unet = make_unet()  # (this draws: the test's own model)
+    drawn = torch.random.get_rng_state()
+    add_lora(unet, r=2, seed=3)
+    train_unet(unet, cache, steps=1, batch_size=4, device="cpu")
+    a, _ = train_flow_unet(cache, steps=1, batch_size=4, device="cpu")
+    assert torch.equal(torch.random.get_rng_state(), drawn) and not torch.equal(before, drawn)
+    torch.manual_seed(7)  # another global state: the same run
+    b, _ = train_flow_unet(cache, steps=1, batch_size=4, device="cpu")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with seeded(3): first = torch.rand(3)
+    with seeded(3): assert torch.equal(torch.rand(3), first)
+
+
+def test_only_core_seeds_the_global_generators():
+    "No library module but core calls torch.manual_seed, np.random.seed or random.seed (torch.Generator(...).manual_seed is a local generator)."
+    import ast
+    root = Path(__file__).resolve().parents[1] / "sdcourse"
+    def seeding_calls(source):
+        found = []
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Call): continue
+            parts, f = [], node.func
+            while isinstance(f, ast.Attribute): parts.append(f.attr); f = f.value
+            if not isinstance(f, ast.Name): continue  # e.g. torch.Generator().manual_seed(...): a generator of one's own
+            name = ".".join([f.id] + parts[::-1])
+            if parts and parts[0] in ("manual_seed", "manual_seed_all", "seed") and f.id in ("torch", "np", "numpy", "random"): found.append((node.lineno, name))
+        return found
+    assert seeding_calls("import torch\ntorch.manual_seed(0)\nnp.random.seed(1)\ng = torch.Generator().manual_seed(2)") == [(2, "torch.manual_seed"), (3, "np.random.seed")]
+    offenders = {p.name: calls for p in sorted(root.glob("*.py")) if p.name != "core.py" and (calls := seeding_calls(p.read_text()))}
+    assert not offenders, f"seed the global generators only in core (`seeded`, `seed_everything`): {offenders}"
+    assert seeding_calls((root / "core.py").read_text())  # core does: the check reads what it should
