@@ -6,7 +6,7 @@ Docs: https://sdcourse.github.io/sdcourse/vae.html.md"""
 
 # %% auto #0
 __all__ = ['VAE_RECIPE', 'VAE_CONFIG', 'ResBlock', 'Encoder', 'Decoder', 'ScratchVAE', 'reparameterize', 'kl_divergence',
-           'downsample_factor', 'check_images', 'posterior', 'decode', 'vae_loss', 'train_vae', 'reconstruction_mse',
+           'downsample_factor', 'check_vae_input', 'posterior', 'decode', 'vae_loss', 'train_vae', 'reconstruction_mse',
            'save_scratch_vae', 'load_scratch_vae', 'make_vae', 'load_vae', 'encode_images', 'decode_latents',
            'latent_std', 'train_course_vae']
 
@@ -85,8 +85,8 @@ def downsample_factor(vae):
     "How many pixels one latent position covers along each side."
     return 2 ** (len(vae.config.block_out_channels) - 1) if _is_diffusers(vae) else vae.factor
 
-def check_images(vae, x):
-    "Images must be [B, 3, H, W] in [-1, 1], with H and W divisible by the VAE's downsampling factor."
+def check_vae_input(vae, x):
+    "`x` if it is what `vae` encodes: images [B, 3, H, W] in [-1, 1], H and W divisible by the VAE's downsampling factor; else a clear error."
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"images must be a [B, 3, H, W] tensor, got {type(x).__name__} {list(getattr(x, 'shape', []))}")
     f = downsample_factor(vae)
@@ -133,7 +133,7 @@ def train_vae(vae,                 # a `ScratchVAE` or diffusers `AutoencoderKL`
     from diffusers.optimization import get_cosine_schedule_with_warmup
     c = make_recipe(config, VAE_RECIPE, DIFFUSION_FIELDS, "train_vae", **changes)
     device = get_device(device)
-    check_images(vae, images[:c.batch_size])
+    check_vae_input(vae, images[:c.batch_size])
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, min(c.warmup, c.steps // 10), c.steps)
@@ -159,7 +159,7 @@ def reconstruction_mse(vae, images, batch_size=128, device=None):
     vae.to(device).eval()
     total = 0.0
     for i in range(0, len(images), batch_size):
-        x = check_images(vae, images[i:i + batch_size].to(device))
+        x = check_vae_input(vae, images[i:i + batch_size].to(device))
         total += F.mse_loss(decode(vae, posterior(vae, x)[0]), x, reduction="sum").item()
     return total / images.numel()
 
@@ -194,7 +194,7 @@ def load_vae(path=None, device=None):
 @torch.no_grad()
 def encode_images(vae, x, generator=None, sample=True):
     "Images [B, 3, H, W] in [-1, 1] -> latents scaled by `vae.config.scaling_factor` (sampled from q(z|x), or its mean)."
-    check_images(vae, x)
+    check_vae_input(vae, x)
     mu, logvar = posterior(vae, x.to(vae.device))
     z = reparameterize(mu, logvar, torch.randn(mu.shape, generator=generator, device=mu.device)) if sample else mu
     return z * vae.config.scaling_factor

@@ -4,7 +4,7 @@ import pytest, torch
 
 from sdcourse.core import make_generator, shipped_path
 from sdcourse.data import heldout_images
-from sdcourse.vae import (ScratchVAE, check_images, decode_latents, encode_images, kl_divergence,
+from sdcourse.vae import (ScratchVAE, check_vae_input, decode_latents, encode_images, kl_divergence,
                           load_scratch_vae, load_vae, make_vae, posterior, reconstruction_mse, reparameterize, save_scratch_vae,
                           train_vae, vae_loss)
 
@@ -93,7 +93,7 @@ def test_scratch_vae_round_trip_and_wrong_config(tmp_path):
 ])
 def test_bad_images(vae, images, message):
     with pytest.raises(ValueError, match=message): encode_images(vae, images)
-    with pytest.raises(ValueError, match=message): check_images(ScratchVAE(), images)
+    with pytest.raises(ValueError, match=message): check_vae_input(ScratchVAE(), images)
 
 
 def test_bad_latents(vae):
