@@ -9,25 +9,19 @@ __all__ = ['check_strength', 'start_index', 'img2img_timesteps', 'source_images'
            'latent_mask', 'inpaint']
 
 # %% ../nbs/09_img2img.ipynb #85a792c9
-from numbers import Real
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .core import check_choice
+from .core import check_choice, check_number
 from .sampling import check_generation, denoise, draw_noise, seed_generators, text_context, to_images
 from .vae import downsample_factor
 
 # %% ../nbs/09_img2img.ipynb #f5fffd2f
 def check_strength(strength):
     "`strength` as a float in [0, 1], or a clear error."
-    if isinstance(strength, bool) or not isinstance(strength, Real):
-        raise TypeError(f"strength must be a number in [0, 1] (0: keep the image, 1: start from pure noise), got {type(strength).__name__} {strength!r}")
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0, 1] (0: keep the image, 1: start from pure noise), got {strength!r}")
-    return float(strength)
+    return check_number("strength", strength, 0, 1, meaning="0: keep the image, 1: start from pure noise")
 
 def start_index(steps, strength):
     "How many of the `steps` scheduled timesteps image-to-image skips: the last int(steps * strength) of them are run."

@@ -12,14 +12,13 @@ __all__ = ['TARGETS', 'FINETUNE_RECIPE', 'CONCEPT_WORD', 'LORA_FILE', 'LoRALinea
            'set_lora_strengths', 'negative_cache', 'background_flipped']
 
 # %% ../nbs/10_lora.ipynb #2282efe7
-import math, re, time
-from numbers import Real
+import re, time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .core import TrainConfig, atomic_file, check_int, make_recipe, read_safetensors, seeded
+from .core import TrainConfig, atomic_file, check_int, check_number, make_recipe, read_safetensors, seeded
 from .data import dataset_tensors, eval_prompts, grade
 from .sampling import grades, measure_sampling
 from .training import cache_training_data, images_cache, train_unet
@@ -240,9 +239,7 @@ def set_lora_strengths(pipe, strengths):
     loaded = pipe.get_list_adapters().get("unet", [])
     for name, strength in strengths.items():
         if name not in loaded: raise ValueError(f"no LoRA called {name!r} is loaded (loaded: {loaded})")
-        if isinstance(strength, bool) or not isinstance(strength, Real):
-            raise TypeError(f"the strength of {name!r} must be a number (1: as trained, 0: off), got {type(strength).__name__} {strength!r}")
-        if not math.isfinite(strength): raise ValueError(f"the strength of {name!r} must be a finite number (1: as trained, 0: off), got {strength!r}")
+        check_number(f"the strength of {name!r}", strength, meaning="1: as trained, 0: off")
     pipe.set_adapters(list(strengths), adapter_weights=[float(s) for s in strengths.values()])
     return pipe
 

@@ -13,12 +13,11 @@ __all__ = ['SPACINGS', 'SCHEDULERS', 'SAMPLING_COSTS', 'sampling_timesteps', 'al
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time, unicodedata, warnings
-from numbers import Real
 from types import SimpleNamespace
 
 import torch
 
-from .core import check_choice, check_int, image_row, progress, rendering_page, tensor_to_pil
+from .core import check_choice, check_int, check_number, image_row, progress, rendering_page, tensor_to_pil
 from .data import eval_prompts, grader_accuracy, word_hint
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import encode_prompts, unknown_words
@@ -230,9 +229,7 @@ def check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, sched
         raise ValueError(f"scheduler={named!r} samples a model that predicts {wants}, but this model was trained to predict {trained} "
                          f"(its own scheduler is {type(pipe.scheduler).__name__}): give a scheduler of that kind, or None for its own")
     steps = check_int("steps", steps, 1, scheduler.config["num_train_timesteps"])
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real) or not guidance_scale >= 0:
-        error = ValueError if isinstance(guidance_scale, Real) else TypeError
-        raise error(f"guidance_scale must be a number >= 0 (0: unconditional, 1: conditional, > 1: guided), got {guidance_scale!r}")
+    check_number("guidance_scale", guidance_scale, 0, meaning="0: unconditional, 1: conditional, > 1: guided")
     return prompts, negatives, scheduler, steps
 
 def both_branches(guidance_scale):
