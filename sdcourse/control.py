@@ -27,7 +27,7 @@ from .data import POSITIONS, SHAPES, SIZES, estimate_alpha, example_mask, grader
 from .pipeline import _bounded, _where, open_image
 from .sampling import generate, image_side
 from .training import batch_indices, cache_training_data, ema_unet, train_unet, training_batch
-from .unet import BlockConfig, TimestepMLP, down_path, scratch_sizes, timestep_embedding
+from .unet import BlockConfig, TimestepMLP, down_path, down_path_forward, scratch_sizes
 
 # %% ../nbs/14_control.ipynb #fe4a493d
 def mask_image(coverage):
@@ -99,14 +99,8 @@ class ScratchControlNet(nn.Module):
 
     def forward(self, x, t, context, control, scale=1.0):
         "Residuals for the UNet's skips (a list) and middle, from latents x [B, 4, h, w], timesteps t, text context and control [B, 3, 8h, 8w]."
-        t = torch.as_tensor(t, device=x.device).expand(x.shape[0]) if torch.as_tensor(t).ndim == 0 else t.to(x.device)
-        temb = self.time_embedding(timestep_embedding(t, self.conv_in.out_channels))  # [B, 4 * C0]
-        h = self.conv_in(x) + self.controlnet_cond_embedding(control)  # [B, C0, h, w]: the control image enters here, once
-        skips = [h]
-        for block in self.down_blocks:
-            h, s = block(h, temb, context)
-            skips += s
-        h = self.mid_block(h, temb, context)  # [B, C_last, h/4, w/4]
+        h, skips, _ = down_path_forward(self, x, t, context, added=self.controlnet_cond_embedding(control))  # lecture 6's first half: the control
+        # image, [B, 3, 8h, 8w] -> [B, C0, h, w], is added to conv_in's output, once; h is the middle's [B, C_last, h/4, w/4]
         down = [scale * zero(s) for zero, s in zip(self.controlnet_down_blocks, skips)]  # one residual per UNet skip, each the skip's shape
         return down, scale * self.controlnet_mid_block(h)
 

@@ -7,7 +7,8 @@ Docs: https://sdcourse.github.io/sdcourse/unet.html.md"""
 # %% auto #0
 __all__ = ['UNET_CONFIG', 'timestep_embedding', 'TimestepMLP', 'TimeResBlock', 'GEGLU', 'FeedForward', 'TransformerBlock',
            'SpatialTransformer', 'Downsample', 'Upsample', 'BlockConfig', 'DownBlock', 'MidBlock', 'UpBlock',
-           'down_path', 'ScratchUNet', 'scratch_sizes', 'make_unet', 'load_unet', 'parameter_counts']
+           'down_path', 'down_path_forward', 'ScratchUNet', 'scratch_sizes', 'make_unet', 'load_unet',
+           'parameter_counts']
 
 # %% ../nbs/06_unet.ipynb #63dac43a
 import math
@@ -182,6 +183,20 @@ def down_path(block_out_channels, attention, cfg):
     down = nn.ModuleList([DownBlock(c_in, c_out, cfg, a, downsample=i < n - 1) for i, (c_in, c_out, a) in enumerate(zip(ins, block_out_channels, attention))])
     return down, MidBlock(block_out_channels[-1], cfg)
 
+def down_path_forward(model, x, t, context, added=None):
+    """The first half of a UNet, run: the time embedding, `model.conv_in` (plus `added`, a feature map of its output's shape: how lecture 14's
+    ControlNet feeds in its control image), the down blocks and the middle. `ScratchUNet` and the ControlNet both run it. Returns
+    `(h, skips, temb)`: the middle's output, every skip connection in order, and the time embedding the up path needs too."""
+    t = torch.as_tensor(t, device=x.device).expand(x.shape[0]) if torch.as_tensor(t).ndim == 0 else t.to(x.device)  # one timestep, or [B] -> [B]
+    temb = model.time_embedding(timestep_embedding(t, model.conv_in.out_channels))  # [B] -> [B, C0] sinusoids -> [B, 4 * C0]
+    h = model.conv_in(x)  # [B, 4, h, w] -> [B, C0, h, w]
+    if added is not None: h = h + added
+    skips = [h]
+    for block in model.down_blocks:
+        h, s = block(h, temb, context)  # [B, C_i, h / 2^i, w / 2^i], halved by every level but the last
+        skips += s
+    return model.mid_block(h, temb, context), skips, temb  # h: the lowest resolution's [B, C_last, h / 2^(levels-1), w / 2^(levels-1)]
+
 class ScratchUNet(nn.Module):
     "The from-scratch UNet: eps_theta(x_t, t, context), with diffusers' parameter names."
     def __init__(self, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), attention=(True, True, False),
@@ -201,22 +216,16 @@ class ScratchUNet(nn.Module):
         self.conv_norm_out, self.conv_out = nn.GroupNorm(groups, c0, eps=1e-5), nn.Conv2d(c0, out_channels, 3, padding=1)
 
     def forward(self, x, t, context, down_residuals=None, mid_residual=None):
-        "`down_residuals` (one per skip) and `mid_residual` are added to the skips and the bottleneck: how a ControlNet steers (lecture 14)."
+        """The noise in latents `x` [B, 4, h, w] at timesteps `t` ([B], or one for all), given the text `context` [B, 77, D]: [B, 4, h, w].
+        `down_residuals` (one per skip) and `mid_residual` are added to the skips and the bottleneck: how a ControlNet steers (lecture 14)."""
         step = 2 ** (self.levels - 1)
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2] % step or x.shape[3] % step:
             raise ValueError(f"x must be [B, {self.in_channels}, H, W] with H and W divisible by {step}, got {list(x.shape)}")
-        t = torch.as_tensor(t, device=x.device).expand(x.shape[0]) if torch.as_tensor(t).ndim == 0 else t.to(x.device)
-        temb = self.time_embedding(timestep_embedding(t, self.conv_in.out_channels))
-        h = self.conv_in(x)
-        skips = [h]
-        for block in self.down_blocks:
-            h, s = block(h, temb, context)
-            skips += s
-        if down_residuals is not None: skips = [s + r for s, r in zip(skips, down_residuals, strict=True)]
-        h = self.mid_block(h, temb, context)
+        h, skips, temb = down_path_forward(self, x, t, context)  # h [B, C_last, h / 2^(levels-1), w / 2^(levels-1)], temb [B, 4 * C0]
+        if down_residuals is not None: skips = [s + r for s, r in zip(skips, down_residuals, strict=True)]  # each skip's shape
         if mid_residual is not None: h = h + mid_residual
-        for block in self.up_blocks: h = block(h, skips, temb, context)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        for block in self.up_blocks: h = block(h, skips, temb, context)  # [B, C_i, ...], doubled by every level but the last: [B, C0, h, w]
+        return self.conv_out(F.silu(self.conv_norm_out(h)))  # [B, C0, h, w] -> [B, 4, h, w]
 
     @classmethod
     def from_diffusers(cls, unet):
