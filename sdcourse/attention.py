@@ -90,16 +90,16 @@ def make_probe_data(vae, text_encoder, tokenizer, n=1024, seed=0):
         pair = (left[i], right[i])
         side = int(torch.randint(0, 2, (1,), generator=g))
         named = pair[side]
-        images.append(torch.cat([unit_to_signed(pil_to_tensor(pair[0]["image"])), unit_to_signed(pil_to_tensor(pair[1]["image"]))], dim=-1))
+        images.append(torch.cat([unit_to_signed(pil_to_tensor(pair[0]["image"])), unit_to_signed(pil_to_tensor(pair[1]["image"]))], dim=-1))  # two [3, 64, 64] side by side: [3, 64, 128]
         captions.append(f"a {named['colour']} {named['shape']}")
         mask = torch.zeros(8, 16)
         for s, item in enumerate(pair):
             if (item["colour"], item["shape"]) == (named["colour"], named["shape"]):  # an identical twin is named too
                 cov = torch.tensor(estimate_alpha(item["image"])[2]).float()
-                mask[:, 8 * s:8 * s + 8] = F.avg_pool2d(cov[None, None], 8)[0, 0]
+                mask[:, 8 * s:8 * s + 8] = F.avg_pool2d(cov[None, None], 8)[0, 0]  # [64, 64] -> [1, 1, 64, 64] -> 8x8 block means [8, 8]
         masks.append(mask)
-    images = torch.stack(images)
-    return dict(images=images, captions=captions, masks=torch.stack(masks),
+    images = torch.stack(images)  # [n, 3, 64, 128]
+    return dict(images=images, captions=captions, masks=torch.stack(masks),  # masks [n, 8, 16]; latents [n, 4, 8, 16], context [n, 77, D]
                 latents=torch.cat([encode_images(vae, images[i:i + 256], sample=False) for i in range(0, n, 256)]).cpu(),
                 context=torch.cat([encode_prompts(text_encoder, tokenizer, captions[i:i + 256]) for i in range(0, n, 256)]).cpu())
 

@@ -134,7 +134,7 @@ def show_images(images, captions=None, ncols=8, size=1.5, signed=False, title=No
     "Show `images` (PIL list or `[B, 3, H, W]` tensor) in a grid with optional `captions`; returns the figure."
     import matplotlib.pyplot as plt, textwrap
     if isinstance(images, torch.Tensor):
-        if images.ndim == 3: images = images[None]
+        if images.ndim == 3: images = images[None]  # [3, H, W] -> [1, 3, H, W]
         images = tensor_to_pil(signed_to_unit(images) if signed else images)
     images = list(images)
     if not images: raise ValueError("images is empty")

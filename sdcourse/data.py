@@ -96,7 +96,7 @@ def render_with_mask(attrs, size=64, rng=None):
     size = _check_image_size(size)
     d, cx, cy, fg, bg = jitter(attrs, size, rng if rng is not None else np.random.default_rng(0))
     a = shape_mask(attrs.shape, cx, cy, d, size)
-    return Image.fromarray(np.round(bg * (1 - a[..., None]) + fg * a[..., None]).astype(np.uint8), "RGB"), a
+    return Image.fromarray(np.round(bg * (1 - a[..., None]) + fg * a[..., None]).astype(np.uint8), "RGB"), a  # a [H, W] -> [H, W, 1] weighs the colours [3]
 
 def render(attrs, size=64, rng=None):
     "Draw `attrs` as a `size` x `size` RGB image; `rng` (a NumPy Generator) adds jitter to place, size and colour."
@@ -305,7 +305,7 @@ SHAPE_MOMENTS = {s: _shape_moments(s) for s in SHAPES + (NEW_SHAPE,)}
 def estimate_alpha(image):
     "Background colour, object colour and per-pixel coverage `alpha` in [0, 1] of a course-style image (`fg`, `alpha` None if blank)."
     arr = _image_array(image)
-    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])  # the edges of [H, W, 3]: [2W + 2H, 3]
     bg = np.median(border, axis=0)
     dist = np.linalg.norm(arr - bg, axis=-1)
     contrast = np.percentile(dist, 99.5)

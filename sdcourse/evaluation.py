@@ -72,12 +72,12 @@ def gaussian_stats(features):
     "The mean [D] and covariance [D, D] of features [N, D] (unbiased, N - 1): the Gaussian FID fits to a set of images."
     features = torch.as_tensor(features, dtype=torch.float64)
     if features.ndim != 2 or len(features) < 2: raise ValueError(f"features must be [N, D] with N >= 2, got shape {tuple(features.shape)}")
-    return features.mean(0), torch.cov(features.T)
+    return features.mean(0), torch.cov(features.T)  # [D] and [D, D] (torch.cov takes the variables as rows: [D, N])
 
 def sqrtm_psd(matrix):
     "The symmetric square root of a symmetric positive semi-definite matrix, by eigendecomposition (negative rounding errors clipped to 0)."
     values, vectors = torch.linalg.eigh(matrix)
-    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T  # V sqrt(L) V^T: [D, D]
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """The squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
@@ -94,7 +94,7 @@ def fid(features1, features2):
 # %% ../nbs/12_evaluation.ipynb #c47280f9
 def polynomial_kernel(x, y):
     "KID's kernel: k(x, y) = (x . y / D + 1)^3 for features x [N, D] and y [M, D]; returns [N, M]."
-    return (x @ y.T / x.shape[1] + 1) ** 3
+    return (x @ y.T / x.shape[1] + 1) ** 3  # [N, D] @ [D, M] -> [N, M]
 
 def mmd2_unbiased(x, y):
     "The unbiased estimate of the squared maximum mean discrepancy between the samples x [N, D] and y [M, D]: the diagonals k(x_i, x_i) are left out."

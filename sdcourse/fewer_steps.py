@@ -43,7 +43,7 @@ def consistency_scalings(t, sigma_data=SIGMA_DATA, timestep_scaling=TIMESTEP_SCA
 def consistency_output(x_t, eps, t, alpha_bar):
     "The consistency function f(x_t, t) = c_skip(t) x_t + c_out(t) x0_hat: from the noise prediction `eps` at timesteps `t` (an int or [B]) to the clean latents."
     c_skip, c_out = (c.to(x_t.device).view(-1, 1, 1, 1) for c in consistency_scalings(t))  # [B or 1, 1, 1, 1] each
-    return c_skip * x_t + c_out * predict_x0(x_t, eps, alpha_bar[t].view(-1, 1, 1, 1))  # same shape as x_t
+    return c_skip * x_t + c_out * predict_x0(x_t, eps, alpha_bar[t].view(-1, 1, 1, 1))  # [B, 1, 1, 1] per image: x_t's shape [B, 4, h, w]
 
 # %% ../nbs/15_fewer_steps.ipynb #a7d8c69b
 ORIGINAL_STEPS = 50  # the distillation's grid: the teacher's DDIM solver jumps k = 1000 // 50 = 20 timesteps at a time
@@ -88,12 +88,12 @@ def lcm_batch(cache, step, batch_size, seed=0, p_uncond=0.0, T=1000):
     "Lecture 7's batch for `step` with each timestep moved onto the solver grid, and the empty prompt the teacher's guidance needs: `(x0, context, uncond, t, noise)`."
     x0, context, t, noise = training_batch(cache, step, batch_size, seed, p_uncond, T)  # t uniform in [0, T)
     t = solver_timesteps(ORIGINAL_STEPS, T)[t * ORIGINAL_STEPS // T]  # [B]: uniform over the grid's 50 timesteps
-    return x0, context, cache["empty"].expand_as(context), t, noise
+    return x0, context, cache["empty"].expand_as(context), t, noise  # the empty prompt [77, D] -> [B, 77, D]
 
 def teacher_step(teacher, x_t, t, prev_t, context, uncond, alpha_bar, guidance_scale=LCM_GUIDANCE):
     "One guided DDIM step of the teacher from timesteps `t` to `prev_t` (both [B]): where the teacher's path through x_t is a little later."
     both = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, context])).sample  # [2B, 4, 8, 8]
-    eps_uncond, eps_cond = both.chunk(2)
+    eps_uncond, eps_cond = both.chunk(2)  # [2B, 4, 8, 8] -> two [B, 4, 8, 8]
     eps = guided_noise(eps_uncond, eps_cond, guidance_scale)  # [B, 4, 8, 8]
     ab_t, ab_prev = alpha_bar[t].view(-1, 1, 1, 1), alpha_bar[prev_t].view(-1, 1, 1, 1)  # [B, 1, 1, 1] each
     return ab_prev.sqrt() * predict_x0(x_t, eps, ab_t) + (1 - ab_prev).sqrt() * eps

@@ -54,12 +54,12 @@ def source_images(image, n, factor=8):
 def encode_source(vae, x, generator):
     "A sample of the VAE posterior z = mu + sigma * eps per image, scaled as the UNet was trained; image i is encoded alone, with generator i, as diffusers does."
     generators = generator if isinstance(generator, list) else [generator]
-    parts = x.to(vae.device, vae.dtype).split(1 if isinstance(generator, list) else len(x))
+    parts = x.to(vae.device, vae.dtype).split(1 if isinstance(generator, list) else len(x))  # [B, 3, H, W] -> B of [1, 3, H, W], or one
     latents = []
     for part, g in zip(parts, generators, strict=True):
         dist = vae.encode(part).latent_dist
         latents.append(dist.mean + dist.std * draw_noise(dist.mean.shape, g, vae.device, vae.dtype))
-    return vae.config.scaling_factor * torch.cat(latents)
+    return vae.config.scaling_factor * torch.cat(latents)  # [B, 4, H/8, W/8]
 
 # %% ../nbs/09_img2img.ipynb #2d8a9f27
 @torch.no_grad()
@@ -97,7 +97,7 @@ def img2img(pipe,                  # as `generate` takes
                                                                     strength, output_type)
     if len(timesteps):
         noise = draw_noise(z0.shape, generator, pipe.unet.device, z0.dtype)
-        z = scheduler.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))  # q(z_t0 | z0): lecture 2's closed form
+        z = scheduler.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))  # q(z_t0 | z0), lecture 2's closed form; t0 [1] -> [B]
         z0 = denoise(pipe, z, timesteps, context, guidance_scale, scheduler, generator, eta)
     return to_images(pipe.vae, z0, output_type)
 
@@ -138,7 +138,7 @@ def inpaint(pipe,                  # as `generate` takes
     device = pipe.unet.device
     noise = draw_noise(known.shape, generator, device, known.dtype)
     draw_noise(known.shape, generator, device, known.dtype)  # the pipeline encodes the masked image here (for 9-channel UNets): keep in step with its generators
-    z = noise * scheduler.init_noise_sigma if strength == 1 else scheduler.add_noise(known, noise, timesteps[:1].repeat(len(known)))
+    z = noise * scheduler.init_noise_sigma if strength == 1 else scheduler.add_noise(known, noise, timesteps[:1].repeat(len(known)))  # t0 [1] -> [B]
 
     def keep_known(i, t, z):
         "Outside the mask, replace the latent by the source's, noised to the timestep the next step starts from."

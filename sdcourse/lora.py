@@ -38,7 +38,7 @@ class LoRALinear(nn.Module):
     @property
     def scale(self): return self.alpha / self.r
 
-    def forward(self, x): return self.base(x) + self.scale * (x @ self.lora_A.T) @ self.lora_B.T
+    def forward(self, x): return self.base(x) + self.scale * (x @ self.lora_A.T) @ self.lora_B.T  # [..., d_in] -> [..., r] -> [..., d_out]
 
     def merged(self):
         "One nn.Linear with W + (alpha / r) B A: the same outputs, no extra cost at inference."
@@ -107,7 +107,7 @@ def concept_cache(vae, text_encoder, tokenizer, n_images=20, seed=0):
 
 def with_prior(concept, prior, repeat=10):
     "Prior preservation: `concept` repeated `repeat` times plus `prior` (base images), so a batch holds both and the base prompts keep being trained."
-    out = {k: torch.cat([concept[k].repeat(repeat, *[1] * (concept[k].dim() - 1)), prior[k]]) for k in ("mu", "logvar", "embeddings")}
+    out = {k: torch.cat([concept[k].repeat(repeat, *[1] * (concept[k].dim() - 1)), prior[k]]) for k in ("mu", "logvar", "embeddings")}  # [N, ...] -> [repeat * N + N_prior, ...]
     return out | dict(empty=concept["empty"], captions=concept["captions"] * repeat + prior["captions"], scaling_factor=concept["scaling_factor"])
 
 FINETUNE_RECIPE = TrainConfig(steps=1000, batch_size=20, lr=1e-2, warmup=50, ema_decay=0.0)  # the course's LoRA on 20 stars; no EMA (see below)
@@ -145,7 +145,7 @@ def adaptation_scores(pipe, n=100, seed=0, concept_word=CONCEPT_WORD):
 def weight_deltas(base, tuned):
     "What a fine-tune changed in every weight matrix of `base`, as a matrix [out, in] (convolutions flattened to [out, in * kh * kw]), by name."
     tuned_weights = dict(tuned.named_parameters())
-    return {name: (tuned_weights[name] - w).detach().flatten(1) for name, w in base.named_parameters() if w.ndim >= 2}
+    return {name: (tuned_weights[name] - w).detach().flatten(1) for name, w in base.named_parameters() if w.ndim >= 2}  # [out, in, kh, kw] -> [out, in * kh * kw]
 
 def truncate_rank(delta, r):
     "The best rank-`r` approximation of a matrix `delta` [d, k] (Eckart-Young): its SVD with all but the `r` largest singular values dropped."

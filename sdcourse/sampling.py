@@ -257,11 +257,11 @@ def denoise(pipe,                  # anything with a `unet`
     step_kwargs = {**({"eta": eta} if "eta" in accepts else {}), **({"generator": generator} if "generator" in accepts else {})}
     guided = both_branches(guidance_scale)
     for i, t in enumerate(progress(timesteps, desc="sampling", leave=False) if show_progress else timesteps):
-        x_in = torch.cat([x, x]) if guided else x  # one batched UNet call for both branches
+        x_in = torch.cat([x, x]) if guided else x  # [2B, 4, h, w]: one batched UNet call for both branches
         if hasattr(scheduler, "scale_model_input"): x_in = scheduler.scale_model_input(x_in, t)  # flow matching's (lecture 15) has none: x goes in as it is
         eps = pipe.unet(x_in, t, encoder_hidden_states=context).sample
         if guided:
-            eps_uncond, eps_cond = eps.chunk(2)
+            eps_uncond, eps_cond = eps.chunk(2)  # [2B, 4, h, w] -> two [B, 4, h, w]
             eps = guided_noise(eps_uncond, eps_cond, guidance_scale)
         x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
         if after_step is not None: x = after_step(i, t, x)
@@ -327,7 +327,7 @@ def measure_sampling(pipe, scheduler="dpm++", steps=20, guidance_scale=5.0, n=20
         start = time.perf_counter()
         latents.append(generate(pipe, asked[i:i + batch_size], None, steps, guidance_scale, seed + i, scheduler, output_type="latent"))
         seconds += time.perf_counter() - start
-    latents = torch.cat(latents)
+    latents = torch.cat(latents)  # [n, 4, h, w]
     decoded = torch.cat([decode_latents(vae, z, clamp=False) for z in latents.split(batch_size)])  # [n, 3, H, W], unclamped
     images = tensor_to_pil((decoded / 2 + 0.5).clamp(0, 1))
     return dict(seconds_per_image=seconds / n, latent_std=latents.std().item(), clipped=(decoded.abs() > 1).float().mean().item(),

@@ -130,7 +130,7 @@ def schedule_figure(images, schedule="scaled_linear", t=500, compare=None, seed=
         x_t = s.q_sample(images, t, noise)
         for i in range(n):
             ax = fig.add_subplot(grid[row, i])
-            ax.imshow(((x_t[i].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()); ax.set_xticks([]); ax.set_yticks([])
+            ax.imshow(((x_t[i].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()); ax.set_xticks([]); ax.set_yticks([])  # [3, H, W] -> [H, W, 3] for imshow
             if i == 0: ax.set_ylabel(name, color=SCHEDULE_COLOURS[name])
     ax_ab, ax_snr = fig.add_subplot(grid[:, n + 1]), fig.add_subplot(grid[:, n + 2])
     for name in names:

@@ -126,7 +126,7 @@ def clip_pixels(clip, images):
 def contrastive_loss(logits_per_text):
     "Symmetric InfoNCE: cross-entropy picking each caption's image, and each image's caption, among the batch."
     labels = torch.arange(len(logits_per_text), device=logits_per_text.device)
-    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.T, labels)) / 2
+    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.T, labels)) / 2  # [B, B]: texts by images, then images by texts
 
 # %% ../nbs/04_text.ipynb #80215678
 MINI_CLIP_RECIPE = TrainConfig(steps=1500, batch_size=128, lr=1e-3, warmup=100, weight_decay=0.01, max_grad_norm=1.0, ema_decay=0.0, p_uncond=0.0,
@@ -169,11 +169,11 @@ def clip_embeddings(clip, tokenizer, images=None, prompts=None, batch_size=256):
     dev, out = clip.device, {}
     features = lambda o: o if isinstance(o, torch.Tensor) else o.pooler_output  # transformers 5 wraps the projected features
     if images is not None:
-        out["images"] = F.normalize(torch.cat([features(clip.get_image_features(pixel_values=clip_pixels(clip, images[i:i + batch_size]).to(dev)))
+        out["images"] = F.normalize(torch.cat([features(clip.get_image_features(pixel_values=clip_pixels(clip, images[i:i + batch_size]).to(dev)))  # [N, 64]
                                                for i in range(0, len(images), batch_size)]), dim=-1)
     if prompts is not None:
         ids = tokenize(tokenizer, prompts)
-        out["prompts"] = F.normalize(torch.cat([features(clip.get_text_features(input_ids=ids[i:i + batch_size].to(dev)))
+        out["prompts"] = F.normalize(torch.cat([features(clip.get_text_features(input_ids=ids[i:i + batch_size].to(dev)))  # [N, 64]
                                                 for i in range(0, len(ids), batch_size)]), dim=-1)
     return out
 
@@ -193,7 +193,7 @@ def encode_prompts(text_encoder, tokenizer, prompts):
 def retrieval_accuracy(clip, tokenizer, images, captions):
     "Top-1 retrieval both ways; a pick counts as right when the grader says the caption fits the image in every attribute."
     emb = clip_embeddings(clip, tokenizer, images, captions)
-    sim = emb["images"] @ emb["prompts"].T
+    sim = emb["images"] @ emb["prompts"].T  # [N, 64] @ [64, N] -> [N, N]
     pil = tensor_to_pil(signed_to_unit(images))
     fits = lambda i, j: all(grade(pil[i], captions[j]).values())
     i2c = sum(fits(i, j) for i, j in enumerate(sim.argmax(1).tolist())) / len(pil)

@@ -48,7 +48,7 @@ def images_cache(vae, text_encoder, tokenizer, images, captions, batch_size=250)
         m, lv = posterior(vae, images[i:i + batch_size].to(vae.device))
         mu.append(m.cpu()); logvar.append(lv.cpu())
         embeddings.append(encode_prompts(text_encoder, tokenizer, captions[i:i + batch_size]).cpu())
-    return TrainingCache(mu=torch.cat(mu), logvar=torch.cat(logvar), scaling_factor=vae.config.scaling_factor, embeddings=torch.cat(embeddings),
+    return TrainingCache(mu=torch.cat(mu), logvar=torch.cat(logvar), scaling_factor=vae.config.scaling_factor, embeddings=torch.cat(embeddings),  # [N, 4, 8, 8] twice, [N, 77, D]
                          empty=encode_prompts(text_encoder, tokenizer, [""])[0].cpu(), captions=captions)
 
 def cache_training_data(vae, text_encoder, tokenizer, n_images=10_000, split="train", seed=0, batch_size=250):

@@ -51,7 +51,7 @@ class TimeResBlock(nn.Module):
 
     def forward(self, x, temb):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # one shift per channel, the same at every position
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # [B, C] -> [B, C, 1, 1]: one shift per channel, the same at every position
         h = self.conv2(F.silu(self.norm2(h)))
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
@@ -63,7 +63,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, 2 * hidden)
 
     def forward(self, x):
-        a, b = self.proj(x).chunk(2, dim=-1)
+        a, b = self.proj(x).chunk(2, dim=-1)  # [B, n, 2 * hidden] -> two [B, n, hidden]
         return a * F.gelu(b)
 
 class FeedForward(nn.Module):
@@ -118,7 +118,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x): return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x): return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # [B, C, h, w] -> [B, C, 2h, 2w]
 
 @dataclass(frozen=True)
 class BlockConfig:
@@ -172,7 +172,7 @@ class UpBlock(nn.Module):
 
     def forward(self, h, skips, temb, context):
         for j, resnet in enumerate(self.resnets):
-            h = resnet(torch.cat([h, skips.pop()], dim=1), temb)  # the most recent skip first: the U's mirror image
+            h = resnet(torch.cat([h, skips.pop()], dim=1), temb)  # [B, C + C_skip, h, w]: the most recent skip first, the U's mirror image
             if self.attentions is not None: h = self.attentions[j](h, context)
         return h if self.upsamplers is None else self.upsamplers[0](h)
 

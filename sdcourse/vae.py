@@ -42,7 +42,7 @@ class Encoder(nn.Module):
             layers.append(ResBlock(layers[-1].out_channels if i == 0 else channels[i - 1], c))
             if i < len(channels) - 1: layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))  # stride-2: halve H and W
         self.net = nn.Sequential(*layers, nn.GroupNorm(8, channels[-1]), nn.SiLU(), nn.Conv2d(channels[-1], 2 * z_channels, 3, padding=1))
-    def forward(self, x): return self.net(x).chunk(2, dim=1)
+    def forward(self, x): return self.net(x).chunk(2, dim=1)  # [B, 2z, h, w] -> mu and logvar, [B, z, h, w] each
 
 # %% ../nbs/03_vae.ipynb #f511b26f
 class Decoder(nn.Module):
@@ -53,7 +53,7 @@ class Decoder(nn.Module):
         layers = [nn.Conv2d(z_channels, rev[0], 3, padding=1)]
         for i, c in enumerate(rev):
             layers.append(ResBlock(rev[max(i - 1, 0)], c))
-            if i < len(rev) - 1: layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+            if i < len(rev) - 1: layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]  # [B, c, h, w] -> [B, c, 2h, 2w]
         self.net = nn.Sequential(*layers, nn.GroupNorm(8, rev[-1]), nn.SiLU(), nn.Conv2d(rev[-1], 3, 3, padding=1))
     def forward(self, z): return self.net(z)
 
@@ -216,7 +216,7 @@ def latent_std(vae, images, batch_size=256, seed=0):
     for i in range(0, len(images), batch_size):
         mu, logvar = posterior(vae, images[i:i + batch_size].to(vae.device))
         zs.append(reparameterize(mu, logvar, torch.randn(mu.shape, generator=g, device=mu.device)))
-    return torch.cat(zs).std().item()
+    return torch.cat(zs).std().item()  # [N, 4, h, w] -> one number
 
 def train_course_vae(config=None,       # a `TrainConfig`; None: `VAE_RECIPE`
                      *,
@@ -234,7 +234,7 @@ def train_course_vae(config=None,       # a `TrainConfig`; None: `VAE_RECIPE`
     with seeded(c.seed): vae = make_vae()
     test = heldout_images()
     # a generic compressor, like SD's: every colour and shape, held-out pairs and stars included (seed 0; tests use seed 1)
-    images = torch.cat([dataset_images(n_images * 8 // 10), dataset_images(n_images // 10, "heldout"), dataset_images(n_images // 10, "concept")])
+    images = torch.cat([dataset_images(n_images * 8 // 10), dataset_images(n_images // 10, "heldout"), dataset_images(n_images // 10, "concept")])  # [N, 3, 64, 64]
     start = time.time()
     history = train_vae(vae, images, c, beta=beta, device=device)
     seconds = time.time() - start
