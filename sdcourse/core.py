@@ -88,8 +88,9 @@ def seeded(seed):
     with `seed`, and puts them back as they were when it ends: what the block draws is reproducible, the caller's random stream unchanged."""
     seed = check_int("seed", seed, 0)
     accelerator = torch.accelerator.current_accelerator()  # None on a machine with the CPU alone
-    devices = [torch.accelerator.current_device_index()] if accelerator is not None else []
-    with torch.random.fork_rng(devices=devices, device_type=accelerator.type if accelerator is not None else None):
+    current = getattr(torch.accelerator, "current_device_index", None) or torch.accelerator.current_device_idx  # its name before torch 2.7
+    devices = [current()] if accelerator is not None else []
+    with torch.random.fork_rng(devices=devices, device_type=accelerator.type if accelerator is not None else "cuda"):
         torch.random.default_generator.manual_seed(seed)
         if accelerator is not None: torch.get_device_module(accelerator.type).manual_seed(seed)  # the current device: the one forked
         yield seed
