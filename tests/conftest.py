@@ -1,7 +1,9 @@
 import os, tempfile
 
-# Tests never write into the learner's real cache unless CI chose one.
-os.environ.setdefault("SDCOURSE_CACHE", tempfile.mkdtemp(prefix="sdcourse-test-cache-"))
+# Tests never write into the learner's real cache, nor sign manifests with the learner's key, unless CI chose where (it sets both).
+if "SDCOURSE_CACHE" not in os.environ:
+    os.environ["SDCOURSE_CACHE"] = tempfile.mkdtemp(prefix="sdcourse-test-cache-")
+    os.environ.setdefault("SDCOURSE_CONFIG", tempfile.mkdtemp(prefix="sdcourse-test-config-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one process per core, each on one thread (more threads would only contend)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
