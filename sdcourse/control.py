@@ -354,7 +354,7 @@ def _apply_control(pipe, options):
     scale = 1.0 if options.get("control_scale") is None else options["control_scale"]
     steer(pipe, controlnet, control_images(open_image(options["control"], "RGBA"), 1, size), scale)
     return dict(control=recipe_path(options["control"]), control_scale=scale, controlnet=recipe_path(folder) if folder else CONTROLNET,
-                fingerprints=dict(control=fingerprint(options["control"]), controlnet=fingerprint(folder or shipped_path(CONTROLNET))))
+                fingerprints=dict(control=fingerprint(options["control"]), controlnet=fingerprint(shipped_path(CONTROLNET) if folder in (None, CONTROLNET) else folder)))
 
 CONTROL_OPTION = SamplingOption("control", "unet wrapper", _control_arguments, active=lambda o: bool(o.get("control")), apply=_apply_control,
                                 check=_check_control)

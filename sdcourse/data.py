@@ -417,9 +417,9 @@ def export_imagefolder(path, n, split="train", seed=0, size=64, overwrite=False)
         (tmp / SPEC_FILE).write_text(json.dumps(spec))
 
     try: return replace_folder(path, write, "imagefolder", overwrite)  # atomic: a reader sees no folder or a complete one
-    except OSError:  # another process finished the same export first
-        if _spec(path) != spec: raise
-        return path
+    except OSError:  # another process finished the same export first: fine if it is this export, whole and signed by this user
+        if _spec(path) == spec and read_manifest(path) and not missing_files(path): return path
+        raise
 
 def check_imagefolder(path):
     """The rows `(file_name, text)` of the imagefolder at `path`, checked as `load_imagefolder` needs them, each mistake one line naming the
