@@ -270,11 +270,17 @@ class SamplingOption:
 OPTIONS_GROUP = "sdcourse.sampling_options"  # pyproject.toml: [project.entry-points."sdcourse.sampling_options"] name = "module:OPTION"
 SAMPLING_DEFAULTS = dict(steps=20, guidance_scale=5.0)  # what --steps and --guidance mean when left out (a later lecture's sampler may choose others)
 
+def _declared(entry, contract):
+    "What the registry's `entry` names, if it honours `contract` (a `SamplingOption` or a `Command`: every field of it); else a TypeError."
+    from dataclasses import fields
+    obj = entry.load()
+    if type(obj).__name__ != contract.__name__ or not all(hasattr(obj, f.name) for f in fields(contract)):
+        raise TypeError(f"the entry point {entry.name} = {entry.value} is not a {contract.__name__}, the contract its group asks for")
+    return obj
+
 def sampling_options():
     "Every sampling option, in the order options apply (`CHANGES`; lecture 11's --lora first among LoRAs): `LORA_OPTION` and the registered ones."
-    found = [entry.load() for entry in entry_points(group=OPTIONS_GROUP)]
-    for option in found:
-        if not isinstance(option, SamplingOption): raise TypeError(f"{OPTIONS_GROUP} holds {option!r}, which is not a SamplingOption")
+    found = [_declared(entry, SamplingOption) for entry in entry_points(group=OPTIONS_GROUP)]
     return sorted([LORA_OPTION, *found], key=lambda o: (CHANGES.index(o.changes), o is not LORA_OPTION, o.name))
 
 def chosen_options(options, values, check=True):
@@ -522,10 +528,7 @@ class Command:
 
 def commands():
     "The registered `Command`s of later lectures (lecture 12's evaluate, 13's train-textual-inversion, ...)."
-    found = [entry.load() for entry in entry_points(group=COMMANDS_GROUP)]
-    for command in found:
-        if not isinstance(command, Command): raise TypeError(f"{COMMANDS_GROUP} holds {command!r}, which is not a Command")
-    return sorted(found, key=lambda c: c.name)
+    return sorted((_declared(entry, Command) for entry in entry_points(group=COMMANDS_GROUP)), key=lambda c: c.name)
 
 # %% ../nbs/11_pipeline.ipynb #93c48a79
 def _shared_arguments():
