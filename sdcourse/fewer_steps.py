@@ -20,11 +20,11 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from .core import check_int, get_device, load_pretrained, read_safetensors, shipped_path
+from .core import UsageError, check_int, get_device, load_pretrained, read_safetensors, shipped_path
 from .data import eval_prompts
 from .evaluation import evaluate_images, real_images
 from .lora import TARGETS, add_lora, check_lora_fits, load_lora, lora_file, lora_metadata, set_lora_strengths
-from .pipeline import SamplingOption, UsageError, fingerprint, recipe_path
+from .pipeline import SamplingOption, fingerprint, recipe_path
 from .sampling import both_branches, draw_noise, euler_step, generate, guided_noise, measure_sampling, predict_x0, sampling_eval
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import load_mini_clip

@@ -9,9 +9,9 @@ __all__ = ['DEFAULT_MODEL', 'REAL_SD', 'HUB_ID', 'MAX_SIDE', 'MAX_PIXELS', 'HUB_
            'SD15_TEXT_CONFIG', 'CHANGES', 'EXCLUSIVE', 'OPTIONS_GROUP', 'SAMPLING_DEFAULTS', 'LORA_OPTION', 'NUMBER',
            'FLAGS', 'MAX_ADAPT_IMAGES', 'MAX_SEED', 'DEBUG_VARIABLE', 'EPILOG', 'COMMANDS_GROUP', 'SHARED',
            'check_pipeline', 'hub_reachable', 'is_local_path', 'hub_folder', 'model_folder', 'load_sd', 'unet_parity',
-           'check_output', 'save_png', 'png_info', 'open_image', 'UsageError', 'bounded', 'requires', 'recipe_path',
-           'fingerprint', 'SamplingOption', 'sampling_options', 'chosen_options', 'apply_options', 'is_default_model',
-           'reproduce', 'check_prompt', 'adaptation_cache', 'Command', 'commands', 'cli_parser', 'main']
+           'check_output', 'save_png', 'png_info', 'open_image', 'bounded', 'requires', 'recipe_path', 'fingerprint',
+           'SamplingOption', 'sampling_options', 'chosen_options', 'apply_options', 'is_default_model', 'reproduce',
+           'check_prompt', 'adaptation_cache', 'Command', 'commands', 'cli_parser', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #7a2748bf
 import argparse, json, math, os, re, socket, sys, time, warnings
@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from . import __version__
-from .core import (atomic_file, check_choice, check_output_folder, get_device, load_pretrained, pil_to_tensor, quiet_libraries,
+from .core import (UsageError, atomic_file, check_choice, check_output_folder, get_device, load_pretrained, pil_to_tensor, quiet_libraries,
                            replace_folder, save_pretrained_atomic, shipped_path, unit_to_signed)
 from .data import SPLITS, check_imagefolder, export_imagefolder, grade, load_imagefolder, unknown_caption_words
 from .img2img import img2img, inpaint
@@ -209,9 +209,6 @@ def open_image(path, mode="RGB"):
 
 
 # %% ../nbs/11_pipeline.ipynb #a41bc03a
-class UsageError(ValueError):
-    "A command line that asks for something that cannot work, or for an option that would change nothing: exit 2, before any work starts."
-
 def bounded(kind, lo, hi, open_low=False):
     """An argparse `type`: a finite number of `kind` (int or float) in [lo, hi] ((lo, hi] with `open_low`), else a usage error naming the
     range. Every number the command line takes is checked by one of these, before any work starts."""
