@@ -138,7 +138,7 @@ class ScratchControlNet(nn.Module):
 CONTROLNET = "sdcourse-tiny-controlnet"  # the shipped ControlNet's folder, beside sdcourse-tiny
 
 def make_controlnet(unet, control_channels=CONTROL_CHANNELS):
-    "diffusers' `ControlNetModel` for `unet` (UNet2DConditionModel): the same copy, encoder and zero convolutions as `ScratchControlNet.from_unet`."
+    "diffusers' `ControlNetModel` for `unet` (UNet2DConditionModel): the same copy, encoder and zero convolutions as `ScratchControlNet`'s `from_unet`."
     from diffusers import ControlNetModel
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=control_channels).to(unet.device)
 

@@ -113,6 +113,25 @@ def signed_to_unit(x):
     return ((x + 1) / 2).clamp(0, 1)
 
 # %% ../nbs/00_core.ipynb #cc77bf83
+_PAGE_INCHES, _CAPTION_POINTS = 8.0, 9  # inches of the site's text column (800 pixels at 100 dpi); caption size in points
+
+def _page_figures():
+    """On a page being rendered (`rendering_page()`), figures are saved at 100 dpi, as JupyterLab shows them. `nbdev-test`,
+    whose saved outputs become the site, saves 'retina' PNGs at twice a figure's dpi (four times the bytes, and text half
+    the size once the page scales a figure to its column), in every notebook it runs in the same process; so there a
+    figure's dpi is halved. This is the one place that sets it."""
+    if os.environ.get("IN_TEST", "") in ("", "0"): return  # rendering_page(), defined below
+    try:
+        import matplotlib
+        from IPython import get_ipython
+        from matplotlib.figure import Figure
+        png = get_ipython().display_formatter.formatters["image/png"].lookup_by_type(Figure)
+    except (ImportError, AttributeError, KeyError): return  # no IPython shell, or no inline figures
+    retina = "retina" in getattr(getattr(png, "func", png), "__name__", "")
+    matplotlib.rcParams["figure.dpi"] = 50 if retina else 100
+
+_page_figures()
+
 def image_row(images, scale=2, gap=4):
     "PIL images side by side, enlarged `scale` times with crisp pixels, on a white strip (one PIL image; `show_images` draws a captioned figure)."
     w, h = images[0].size
@@ -121,7 +140,9 @@ def image_row(images, scale=2, gap=4):
     return row
 
 def show_images(images, captions=None, ncols=8, size=1.5, signed=False, title=None):
-    "Show `images` (PIL list or `[B, 3, H, W]` tensor) in a grid with optional `captions`; returns the figure."
+    """Show `images` (PIL list or `[B, 3, H, W]` tensor) in a grid with optional `captions`; returns the figure.
+    A grid wider than the site's text column (8 inches: 800 pixels at 100 dpi) shrinks its cells to fit, so that its
+    captions (9 points) stay readable where the page shows it; a click on the site enlarges any figure."""
     import matplotlib.pyplot as plt, textwrap
     if isinstance(images, torch.Tensor):
         if images.ndim == 3: images = images[None]
@@ -131,16 +152,19 @@ def show_images(images, captions=None, ncols=8, size=1.5, signed=False, title=No
     if captions is not None and len(captions) != len(images):
         raise ValueError(f"captions has {len(captions)} entries for {len(images)} images")
     ncols = max(1, min(ncols, len(images))); nrows = (len(images) + ncols - 1) // ncols
-    h = size * (1.35 if captions is not None else 1.0)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, h * nrows), squeeze=False)
+    size = min(size, _PAGE_INCHES / ncols)
+    lines = []
+    if captions is not None:  # as many characters a line as fit the cell's width (about 0.55 em each), as many lines as the longest needs
+        lines = [textwrap.fill(str(c), max(8, int(size * 72 / (_CAPTION_POINTS * 0.6)))) for c in captions]
+    caption_height = max((l.count("\n") + 1 for l in lines), default=0) * _CAPTION_POINTS * 1.3 / 72
+    fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + caption_height) * nrows), squeeze=False, layout="constrained")
     for i, ax in enumerate(axs.flat):
         ax.axis("off")
         if i >= len(images): continue
-        ax.imshow(images[i])
-        if captions is not None: ax.set_title(textwrap.fill(str(captions[i]), 22), fontsize=7)
+        ax.imshow(images[i], interpolation="nearest" if images[i].width < size * 100 else "antialiased")  # crisp pixels when enlarged
+        if lines: ax.set_title(lines[i], fontsize=_CAPTION_POINTS)
     if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return fig  # constrained layout: a row's captions never overlap the images above (tight_layout let them)
 
 # %% ../nbs/00_core.ipynb #f005eada
 def rendering_page():
