@@ -558,3 +558,16 @@ def shipped_path(*parts):
     here = Path(__file__).resolve().parent
     root = here / "shipped" if (here / "shipped").is_dir() else here.parent / "data"
     return root.joinpath(*map(str, parts))
+
+# %% ../nbs/00_core.ipynb #dee6485b
+def __getattr__(name):
+    """`sdcourse.core.DocRenderer`, built only when asked for (pyproject.toml's `renderer`, when nbdev writes the site): nbdev's own rendering of a
+    function or class, but a class's signature begins with `class`, not `def`. nbdev is a contributor's tool, so nothing here imports it otherwise."""
+    if name != "DocRenderer": raise AttributeError(f"module 'sdcourse.core' has no attribute {name!r}")
+    import inspect
+    from nbdev.showdoc import BasicMarkdownRenderer
+    class DocRenderer(BasicMarkdownRenderer):
+        def _repr_markdown_(self):
+            text = super()._repr_markdown_()
+            return text.replace("```python\ndef ", "```python\nclass ", 1) if inspect.isclass(self.sym) else text
+    return DocRenderer
