@@ -126,41 +126,6 @@ def test_site_styles_keep_code_lines_wrap_output_and_the_site_has_a_favicon():
 # The site as Quarto renders it. `nbdev-proc-nbs` turns the notebooks into the pages Quarto reads (`_proc/`): it runs the
 # show_doc cells and links every backticked name of the library to its documentation. The checks below read those pages.
 
-def sources_digest():
-    "A hash of everything the processed pages depend on: the notebooks and site files, the settings, the library, nbdev's version."
-    import hashlib, nbdev
-    digest = hashlib.sha256(nbdev.__version__.encode())
-    files = [*NBS.rglob("*"), ROOT / "pyproject.toml", ROOT / "_quarto.yml", *(ROOT / "sdcourse").glob("*.py")]
-    for path in sorted(p for p in files if p.is_file() and not p.is_symlink() and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(ROOT).parts)):
-        digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-@pytest.fixture(scope="module")
-def processed():
-    """{page: notebook} as `nbdev-proc-nbs` makes them (what Quarto renders), built from a copy of the sources in the temporary
-    folder, so that it never races tests/test_repo.py's build of `_proc/`. The two `pytest -n 2` workers share one build through a
-    lock, and a run whose sources have not changed reuses it (about 20 s saved each time)."""
-    import fcntl, shutil, tempfile, time
-    build = Path(tempfile.gettempdir()) / f"sdcourse-site-{sources_digest()}"
-    for old in build.parent.glob("sdcourse-site-*"):  # builds of earlier sources (19 MB each), once a day old
-        if old != build and time.time() - old.stat().st_mtime > 86_400: shutil.rmtree(old, ignore_errors=True)
-    build.mkdir(exist_ok=True)
-    with open(build / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (build / "done").exists():
-            source = build / "src"
-            shutil.rmtree(source, ignore_errors=True)
-            shutil.copytree(NBS, source / "nbs", symlinks=True, ignore=shutil.ignore_patterns(".*", "__pycache__"))
-            for name in ("pyproject.toml", "_quarto.yml"): shutil.copy2(ROOT / name, source / name)
-            r = subprocess.run([str(Path(sys.executable).parent / "nbdev-proc-nbs")], cwd=source, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-            (build / "done").touch()
-    pages = {p.name: json.loads(p.read_text()) for p in sorted((build / "src" / "_proc").glob("*.ipynb"))}
-    assert {p.name for p in NOTEBOOKS} <= set(pages)
-    return pages
-
-
 def page_markdown(page):
     "The markdown of a processed page, as pandoc reads it: its markdown cells and its code cells' markdown outputs (show_doc, tables)."
     for cell in page["cells"]:
