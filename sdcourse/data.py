@@ -10,12 +10,13 @@ __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS'
            'TRAIN_PHRASINGS', 'HELDOUT_PHRASINGS', 'CAPTION_PHRASINGS', 'FILLER_WORDS', 'CAPTION_WORDS', 'NEAR_WORDS',
            'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes', 'shape_mask', 'jitter', 'render_with_mask', 'render',
            'template_caption', 'make_caption', 'sample_attributes', 'make_example', 'example_caption', 'example_mask',
-           'ShapesDataset', 'parse_caption', 'word_hint', 'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade',
-           'grader_accuracy', 'entropy_bits', 'eval_prompts', 'export_imagefolder', 'load_imagefolder',
-           'course_dataset', 'dataset_tensors', 'dataset_images', 'heldout_images']
+           'ShapesDataset', 'read_caption', 'parse_caption', 'unknown_caption_words', 'word_hint', 'estimate_alpha',
+           'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy', 'entropy_bits', 'eval_prompts',
+           'export_imagefolder', 'check_imagefolder', 'load_imagefolder', 'course_dataset', 'dataset_tensors',
+           'dataset_images', 'heldout_images']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
-import csv, json, math, re
+import csv, json, math, re, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw
 
 import torch
 
-from .core import (cache_dir, check_choice, check_int, foreign_files, manifest_kind, pil_to_tensor, progress, replace_folder,
+from .core import (cache_dir, check_choice, check_int, foreign_files, manifest_kind, missing_files, pil_to_tensor, progress, read_manifest, replace_folder,
                            unit_to_signed)
 
 # %% ../nbs/01_data.ipynb #da154a83
@@ -238,28 +239,39 @@ _WORDS = {**{c: ("colour", c) for c in COLOURS}, **{s: ("shape", s) for s in SHA
 FILLER_WORDS = ("a", "an", "the", "in", "on", "at", "of", "photo", "picture", "image", "drawing", "corner", "background", "against",
                 "coloured", "colored", "please", "draw", "show", "me")
 
-def parse_caption(caption):
-    "The attributes a course caption names, as a dict (colour, shape and position always; size and background if named)."
+def read_caption(caption):
+    """`(attributes, ignored)`: the attributes a caption names (a dict: colour, shape, position, size, background), and its words that name none, in order: words outside
+    the course's language ('crimson', 'kindly'), and position words that do not make one of the five positions ('top' alone).
+    Two values of one attribute ('a red blue circle') are a contradiction, refused with a one-line error."""
     if not isinstance(caption, str): raise TypeError(f"caption must be a str, got {type(caption).__name__}")
-    found = {}
-    for word in re.findall(r"[a-z]+|[^a-z\s,.]", caption.lower()):
+    found, ignored, placed = {}, [], []
+    for word in re.findall(r"[^\W_]+", caption.lower()):
         if word in FILLER_WORDS: continue
-        if word not in _WORDS:
-            raise ValueError(f"caption has an unknown word {word!r} in {caption!r}; accepted colours {tuple(COLOURS)}, "
-                             f"shapes {SHAPES + (NEW_SHAPE,)}, positions {tuple(POSITIONS)}, sizes {tuple(SIZE_WORDS)}, "
-                             f"backgrounds {tuple(BACKGROUNDS)}")
+        if word not in _WORDS: ignored.append(word); continue
         kind, value = _WORDS[word]
         if found.get(kind, value) != value:
-            raise ValueError(f"caption names two {kind}s ({found[kind]!r} and {value!r}) in {caption!r}; a course caption describes one object")
+            raise ValueError(f"caption names two {kind}s ({found[kind]!r} and {value!r}) in {caption!r:.120}; a course caption describes one object")
         found[kind] = value
+        if kind in ("vertical", "horizontal", "middle"): placed.append(word)
     if "horizontal" in found and "vertical" in found: found["position"] = f"{found.pop('vertical')} {found.pop('horizontal')}"
     elif "middle" in found and not {"horizontal", "vertical"} & found.keys(): found["position"] = found.pop("middle")
-    if {"horizontal", "vertical", "middle"} & found.keys():
-        raise ValueError(f"caption {caption!r} has a malformed position; accepted positions: {tuple(POSITIONS)}")
-    for kind, accepted in (("colour", COLOURS), ("shape", SHAPES + (NEW_SHAPE,)), ("position", POSITIONS)):
-        if kind not in found:
-            raise ValueError(f"caption {caption!r} names no {kind}; accepted {kind}s: {tuple(accepted)}")
+    if {"horizontal", "vertical", "middle"} & found.keys():  # half a position, or a mixed one ("middle left"): it names none of the five
+        for kind in ("horizontal", "vertical", "middle"): found.pop(kind, None)
+        ignored += placed
+    return found, list(dict.fromkeys(ignored))
+
+def parse_caption(caption):
+    """The attributes a course caption names, as a dict (any of colour, shape, position, size and background), words that name none
+    ignored (`unknown_caption_words` lists them). A caption that names no attribute, or contradicts itself, is a one-line error."""
+    found, _ = read_caption(caption)
+    if not found:
+        raise ValueError(f"caption {caption!r:.120} names no attribute the grader reads; accepted colours {tuple(COLOURS)}, shapes "
+                         f"{SHAPES + (NEW_SHAPE,)}, positions {tuple(POSITIONS)}, sizes {tuple(SIZE_WORDS)}, backgrounds {tuple(BACKGROUNDS)}")
     return found
+
+def unknown_caption_words(caption):
+    "The words of `caption` that name no attribute the grader reads (what `grade` ignores), filler words aside."
+    return read_caption(caption)[1]
 
 # %% ../nbs/01_data.ipynb #0cdfaaf3
 CAPTION_WORDS = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(w for ws in SIZE_WORDS.values() for w in ws),
@@ -387,8 +399,11 @@ def export_imagefolder(path, n, split="train", seed=0, size=64, overwrite=False)
     ds, path = ShapesDataset(n, split, seed, size), Path(path)
     spec = dict(n=ds.n, split=ds.split, seed=ds.seed, size=ds.size, phrasings=list(CAPTION_PHRASINGS))  # other phrasings: other captions
     if path.is_dir():  # one look: another process may finish the same export between two
-        if _spec(path) == spec: return path
-        if manifest_kind(path) == "imagefolder" and not overwrite and not foreign_files(path):
+        if _spec(path) == spec and read_manifest(path) and not missing_files(path): return path  # this export, whole
+        if _spec(path) == spec and read_manifest(path) and not foreign_files(path):  # this export with files gone or cut short: write it again
+            warnings.warn(f"{str(path)!r} held this export with {len(missing_files(path))} file(s) missing or cut short; it is written again")
+            overwrite = True
+        elif manifest_kind(path) == "imagefolder" and not overwrite and not foreign_files(path):
             raise FileExistsError(f"path {str(path)!r} holds another dataset {_spec(path)}; pass overwrite=True (--overwrite) to replace it, or another path")
 
     def write(tmp):
@@ -402,15 +417,40 @@ def export_imagefolder(path, n, split="train", seed=0, size=64, overwrite=False)
         (tmp / SPEC_FILE).write_text(json.dumps(spec))
 
     try: return replace_folder(path, write, "imagefolder", overwrite)  # atomic: a reader sees no folder or a complete one
-    except OSError:  # another process finished the same export first
-        if _spec(path) != spec: raise
-        return path
+    except OSError:  # another process finished the same export first: fine if it is this export, whole and signed by this user
+        if _spec(path) == spec and read_manifest(path) and not missing_files(path): return path
+        raise
+
+def check_imagefolder(path):
+    """The rows `(file_name, text)` of the imagefolder at `path`, checked as `load_imagefolder` needs them, each mistake one line naming the
+    file and the line: no folder or no metadata.csv, a header without file_name and text, a row of the wrong length, an image that is not there."""
+    path = Path(path).expanduser()
+    if not path.is_dir(): raise FileNotFoundError(f"{str(path)!r} is not a folder; give an imagefolder: images and a metadata.csv (file_name,text)")
+    metadata = path / "metadata.csv"
+    if not metadata.is_file(): raise FileNotFoundError(f"{str(path)!r} has no metadata.csv (columns file_name,text); export_imagefolder writes one")
+    try:
+        with open(metadata, newline="", encoding="utf-8") as f: rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e: raise ValueError(f"{str(metadata)!r} is not a readable CSV file ({e})") from None
+    header = [c.strip() for c in rows[0]] if rows else []
+    if not {"file_name", "text"} <= set(header):
+        raise ValueError(f"{str(metadata)!r}: its first line must name the columns file_name,text; it is {','.join(header)[:80]!r}")
+    out = []
+    for line, row in enumerate(rows[1:], 2):
+        if not row: continue
+        if len(row) != len(header):
+            raise ValueError(f"{str(metadata)!r}, line {line}: {len(row)} fields for the {len(header)} columns {','.join(header)[:80]} "
+                             "(a caption with a comma must be in double quotes)")
+        name, text = row[header.index("file_name")], row[header.index("text")]
+        if not (path / name).is_file(): raise FileNotFoundError(f"{str(metadata)!r}, line {line}: no image {name[:80]!r} in {str(path)!r}")
+        out.append((name, text))
+    if not out: raise ValueError(f"{str(metadata)!r} lists no images")
+    return out
 
 def load_imagefolder(path, cache=None):
-    "Load an exported folder with `datasets.load_dataset('imagefolder', ...)`: a `datasets.Dataset` with `image` and `text`."
+    "Load an exported folder with `datasets.load_dataset('imagefolder', ...)`: a `datasets.Dataset` with `image` and `text` (checked first: `check_imagefolder`)."
     import datasets
     path = Path(path)
-    if not (path / "metadata.csv").exists(): raise FileNotFoundError(f"path {str(path)!r} has no metadata.csv; export it with export_imagefolder")
+    check_imagefolder(path)
     cache, quiet = cache or cache_dir("hf_datasets"), datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # a local folder loads in a second: its "Downloading data" bars would only clutter the lecture
     try: return datasets.load_dataset("imagefolder", data_dir=str(path), split="train", cache_dir=str(cache))
@@ -420,7 +460,7 @@ def load_imagefolder(path, cache=None):
 def course_dataset(n, split="train", seed=0, size=64):
     "The course's standard path into training: export (once, cached) and load with `datasets`."
     phrasings = "+".join(p.replace(" ", "_") for p in CAPTION_PHRASINGS)  # the same images captioned in other families are another dataset
-    folder = cache_dir("data") / f"{split}-n{n}-seed{seed}-{size}px-{phrasings}"
+    folder = cache_dir("datasets") / f"{split}-n{n}-seed{seed}-{size}px-{phrasings}"  # signed exports (older, unsigned ones are left alone)
     return load_imagefolder(export_imagefolder(folder, n, split, seed, size))
 
 def dataset_tensors(n, split="train", seed=0, size=64):

@@ -6,11 +6,12 @@ Docs: https://sdcourse.github.io/sdcourse/fewer_steps.html.md"""
 
 # %% auto #0
 __all__ = ['SIGMA_DATA', 'TIMESTEP_SCALING', 'ORIGINAL_STEPS', 'LCM_GUIDANCE', 'LCM_TARGETS', 'LCM_LORA', 'VALIDATION_SEED',
-           'LCM_RECIPE', 'LCM_LORA_RECIPE', 'FLOW_UNET', 'METRIC_SETTINGS', 'LCM_STEPS', 'consistency_scalings',
-           'consistency_output', 'solver_timesteps', 'lcm_timesteps', 'ScratchLCMScheduler', 'lcm_batch',
-           'teacher_step', 'pseudo_huber', 'consistency_loss', 'lcm_validation', 'distill_lcm', 'flow_interpolate',
-           'flow_loss', 'flow_sigmas', 'ScratchFlowScheduler', 'train_flow_unet', 'load_flow_pipeline', 'lcm_lora_path',
-           'with_lcm', 'few_step_models', 'measure_steps', 'measure_metrics', 'add_lcm_option']
+           'LCM_RECIPE', 'LCM_LORA_RECIPE', 'FLOW_UNET', 'METRIC_SETTINGS', 'LCM_STEPS', 'LCM_OPTION',
+           'consistency_scalings', 'consistency_output', 'solver_timesteps', 'lcm_timesteps', 'ScratchLCMScheduler',
+           'lcm_batch', 'teacher_step', 'pseudo_huber', 'consistency_loss', 'lcm_validation', 'distill_lcm',
+           'flow_interpolate', 'flow_loss', 'flow_sigmas', 'ScratchFlowScheduler', 'train_flow_unet',
+           'load_flow_pipeline', 'lcm_lora_path', 'check_lcm_lora', 'with_lcm', 'few_step_models', 'measure_steps',
+           'measure_metrics']
 
 # %% ../nbs/15_fewer_steps.ipynb #881bf4e3
 import copy, dataclasses, warnings
@@ -20,11 +21,11 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from .core import TrainConfig, check_int, get_device, make_recipe, seeded, shipped_path
+from .core import TrainConfig, UsageError, check_int, get_device, load_pretrained, make_recipe, read_safetensors, seeded, shipped_path
 from .data import eval_prompts
 from .evaluation import evaluate_images, real_images
-from .lora import TARGETS, add_lora, check_lora_fits, load_lora, set_lora_strengths
-from .pipeline import _where
+from .lora import TARGETS, add_lora, check_lora_fits, load_lora, lora_file, lora_metadata, set_lora_strengths
+from .pipeline import SamplingOption, fingerprint, recipe_path
 from .sampling import both_branches, draw_noise, euler_step, generate, guided_noise, measure_sampling, predict_x0, sampling_eval
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import load_mini_clip
@@ -213,7 +214,7 @@ def load_flow_pipeline(path=None, device=None):
     "sdcourse-tiny's VAE and text encoder with the flow-matching UNet (the shipped one unless `path`, a `save_pretrained` folder), sampled by `FlowMatchEulerDiscreteScheduler`."
     from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
     base = load_pipeline(device=device)
-    unet = UNet2DConditionModel.from_pretrained(shipped_path(*FLOW_UNET) if path is None else path, torch_dtype=torch.float32).to(base.device)
+    unet = load_pretrained(UNet2DConditionModel, shipped_path(*FLOW_UNET) if path is None else path, "flow UNet", torch_dtype=torch.float32).to(base.device)
     return make_pipeline(unet.eval(), base.vae, base.text_encoder, base.tokenizer, FlowMatchEulerDiscreteScheduler())
 
 # %% ../nbs/15_fewer_steps.ipynb #4b2cec9e
@@ -221,16 +222,25 @@ def lcm_lora_path(path=None):
     "The LCM-LoRA folder: `path`, or the course's, distilled from sdcourse-tiny (a `--scheduler lcm` without weights for the model fails at loading, naming the layer)."
     return shipped_path(LCM_LORA) if path is None else Path(path).expanduser()
 
+def check_lcm_lora(path):
+    """`path`'s LoRA file if it is an LCM-LoRA: one that adapts the ResNets' time-embedding projections (`time_emb_proj`), as the course's
+    and the published LCM-LoRAs do and a concept LoRA (lecture 10, 13) never needs to; else a one-line error saying what it is instead."""
+    try: file = lora_file(path)
+    except FileNotFoundError: raise FileNotFoundError(f"no LCM-LoRA at {str(path)!r}: give the folder (or .safetensors file) distill_lcm's LoRA was saved to") from None
+    targets = lora_metadata(file).get("target_modules") or [k.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for k in read_safetensors(file)[0]]
+    if "time_emb_proj" not in targets:
+        raise ValueError(f"the LoRA {str(file)!r} is not an LCM-LoRA: it adapts {', '.join(sorted(set(targets))[:6])} but not the time-embedding "
+                         "projections (time_emb_proj) an LCM-LoRA adapts to change how each noise level is denoised; a concept or style LoRA goes "
+                         "with --lora, and --lcm-lora takes what distill_lcm(lora_rank=...) saves")
+    return file
+
 def with_lcm(pipe, lora=None, others=None):
     """Make `pipe` a latent consistency model: load the LCM-LoRA (the course's unless `lora`) as adapter "lcm", keep the LoRAs already loaded active
     (`others`: their strengths, {name: number}; default 1 each), and sample with diffusers' `LCMScheduler` (no guidance: it is distilled in).
-    A LoRA made for another UNet is refused, naming the layer."""
+    A LoRA that is not an LCM-LoRA, or was made for another UNet, is refused, naming why."""
     from diffusers import LCMScheduler
     folder = lcm_lora_path(lora)
-    try: check_lora_fits(pipe.unet, folder)
-    except ValueError as e:
-        raise ValueError(f"the LCM-LoRA {str(folder)!r} does not fit this model's UNet ({e}); LCM sampling needs LCM weights distilled "
-                         "from this model (distill_lcm with lora_rank, or --lcm-lora)") from None
+    check_lora_fits(pipe.unet, check_lcm_lora(folder))  # what is wrong, named: not an LCM-LoRA, damaged, or made for another UNet
     loaded = pipe.get_list_adapters().get("unet", []) if getattr(pipe.unet, "peft_config", None) else []
     load_lora(pipe, folder, "lcm")
     set_lora_strengths(pipe, {name: 1.0 for name in loaded} | (others or {}) | {"lcm": 1.0})
@@ -279,27 +289,30 @@ def measure_metrics(models, settings=METRIC_SETTINGS, n=200, seed=0):
 # %% ../nbs/15_fewer_steps.ipynb #e8553ba8
 LCM_STEPS = (1, 8)  # the step counts worth asking the LCM-LoRA for: chosen at 4, no gain past 8 (the lecture's table)
 
-def add_lcm_option(parser):
-    """Plug `--scheduler lcm` and `--lcm-lora` into generate, img2img and inpaint (the `sdcourse.sampling_options` entry point). The returned `apply`
-    makes the pipeline an LCM when the options (the command's, or a PNG's recipe) ask for it, and returns what the recipe records."""
+def _lcm_arguments(parser):
     parser.add_argument("--lcm-lora", default=None, help="the LCM-LoRA for --scheduler lcm (a folder or .safetensors file); default: the course's, for sdcourse-tiny")
-    def apply(pipe, options):
-        if options.get("scheduler") != "lcm":
-            if options.get("lcm_lora"): raise ValueError("--lcm-lora needs --scheduler lcm, the sampler it was distilled for")
-            return {}
-        steps, guidance = options.get("steps"), options.get("guidance", options.get("guidance_scale"))
-        if steps is not None and steps > ORIGINAL_STEPS:
-            raise ValueError(f"--steps {steps} with --scheduler lcm: LCM samples on the {ORIGINAL_STEPS} timesteps it was distilled on, so it takes "
-                             f"1 to {ORIGINAL_STEPS} steps (4 when left out)")
-        if steps is not None and not LCM_STEPS[0] <= steps <= LCM_STEPS[1]:
-            warnings.warn(f"--steps {steps} with --scheduler lcm: the LCM-LoRA was chosen at 4 steps and gains nothing past "
-                          f"{LCM_STEPS[1]} (lecture 15 measures it); more steps only re-noise the image more often")
-        if guidance is not None and guidance > 1:
-            warnings.warn(f"--guidance {guidance:g} with --scheduler lcm: guidance 5 is already distilled into the LCM-LoRA; guiding again doubles "
-                          "the UNet evaluations and guides twice, which it was not distilled for; leave --guidance out (1)")
-        others = {"lora": options.get("lora_strength", 1.0)} if options.get("lora") else {}
-        folder = options.get("lcm_lora") or None  # the recipe names the course's own by its folder name
-        with_lcm(pipe, None if folder == LCM_LORA else folder, others)
-        return dict(lcm_lora=_where(folder) if folder else LCM_LORA, defaults=dict(steps=4, guidance_scale=1.0))
-    apply.schedulers = ("lcm",)
-    return apply
+
+def _check_lcm(options):
+    "Before any work: --lcm-lora only with --scheduler lcm, and no more steps than the 50 timesteps LCM was distilled on."
+    if options.get("lcm_lora") and options.get("scheduler") != "lcm": raise UsageError("--lcm-lora needs --scheduler lcm, the sampler it was distilled for")
+    steps = options.get("steps")
+    if options.get("scheduler") == "lcm" and steps is not None and steps > ORIGINAL_STEPS:
+        raise UsageError(f"--steps {steps} with --scheduler lcm: LCM samples on the {ORIGINAL_STEPS} timesteps it was distilled on, so it takes "
+                         f"1 to {ORIGINAL_STEPS} steps (4 when left out)")
+
+def _apply_lcm(pipe, options):
+    "Make the pipeline an LCM (`with_lcm`), keeping a --lora active beside it; returns what the recipe records."
+    steps, guidance = options.get("steps"), options.get("guidance", options.get("guidance_scale"))
+    if steps is not None and not LCM_STEPS[0] <= steps <= LCM_STEPS[1]:
+        warnings.warn(f"--steps {steps} with --scheduler lcm: the LCM-LoRA was chosen at 4 steps and gains nothing past "
+                      f"{LCM_STEPS[1]} (lecture 15 measures it); more steps only re-noise the image more often")
+    if guidance is not None and guidance > 1:
+        warnings.warn(f"--guidance {guidance:g} with --scheduler lcm: guidance 5 is already distilled into the LCM-LoRA; guiding again doubles "
+                      "the UNet evaluations and guides twice, which it was not distilled for; leave --guidance out (1)")
+    others = {"lora": 1.0 if options.get("lora_strength") is None else options["lora_strength"]} if options.get("lora") else {}
+    folder = options.get("lcm_lora") or None  # the recipe names the course's own by its folder name
+    with_lcm(pipe, None if folder in (None, LCM_LORA) else folder, others)
+    return dict(lcm_lora=recipe_path(folder) if folder else LCM_LORA, fingerprints=dict(lcm_lora=fingerprint(lora_file(lcm_lora_path(None if folder in (None, LCM_LORA) else folder)))))
+
+LCM_OPTION = SamplingOption("lcm", "scheduler", _lcm_arguments, active=lambda o: o.get("scheduler") == "lcm", apply=_apply_lcm, check=_check_lcm,
+                            schedulers=("lcm",), defaults=dict(steps=4, guidance_scale=1.0))

@@ -8,7 +8,7 @@ Docs: https://sdcourse.github.io/sdcourse/lora.html.md"""
 __all__ = ['TARGETS', 'FINETUNE_RECIPE', 'CONCEPT_WORD', 'LORA_FILE', 'LoRALinear', 'lora_parameters', 'lora_targets',
            'inject_lora', 'lora_state_dict', 'merge_lora', 'lora_config', 'add_lora', 'concept_cache', 'with_prior',
            'finetune', 'rename_concept', 'adaptation_scores', 'weight_deltas', 'truncate_rank', 'low_rank_finetune',
-           'energy_in_top', 'lora_output', 'save_lora', 'lora_file', 'check_lora_fits', 'load_lora',
+           'energy_in_top', 'lora_output', 'save_lora', 'lora_file', 'lora_metadata', 'check_lora_fits', 'load_lora',
            'set_lora_strengths', 'negative_cache', 'background_flipped']
 
 # %% ../nbs/10_lora.ipynb #2282efe7
@@ -185,28 +185,49 @@ def save_lora(unet, path, adapter_name="default", overwrite=False):
     from peft.utils import get_peft_model_state_dict
     path = lora_output(path, overwrite)
     path.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path / LORA_FILE) as tmp:
+    with atomic_file(path / LORA_FILE, overwrite) as tmp:  # a LoRA file that appeared meanwhile is never replaced without `overwrite`
         StableDiffusionPipeline.save_lora_weights(tmp.parent, weight_name=tmp.name, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=adapter_name),
                                                   unet_lora_adapter_metadata=unet.peft_config[adapter_name].to_dict())
     return path / LORA_FILE
 
+
+# %% ../nbs/10_lora.ipynb #f1fa3fc3
 def lora_file(path):
     "The safetensors file at `path` (a file, or a folder holding pytorch_lora_weights.safetensors); anything else is refused, never unpickled."
-    path = Path(path)
+    path = Path(path).expanduser()
     file = path / LORA_FILE if path.is_dir() else path
     if not file.exists(): raise FileNotFoundError(f"no LoRA file at {str(file)!r}")
-    if file.suffix != ".safetensors": raise ValueError(f"{str(file)!r} is not a .safetensors file; LoRAs are loaded from safetensors only (a pickle is never opened)")
+    if file.suffix.lower() != ".safetensors": raise ValueError(f"{str(file)!r} is not a .safetensors file; LoRAs are loaded from safetensors only (a pickle is never opened)")
     return file
 
+def lora_metadata(path):
+    "The adapter config (peft's LoraConfig as a dict: r, lora_alpha, target_modules, rank_pattern...) diffusers writes into a LoRA file; {} if none."
+    import json
+    file = lora_file(path)
+    try: tensors_meta = read_safetensors(file)[1].get("lora_adapter_metadata")
+    except ValueError as e: raise ValueError(f"the LoRA {e}") from None
+    if tensors_meta is None: return {}
+    try: meta = json.loads(tensors_meta)
+    except ValueError: raise ValueError(f"the LoRA file {str(file)!r} holds damaged metadata (lora_adapter_metadata is not JSON)") from None
+    if not isinstance(meta, dict): raise ValueError(f"the LoRA file {str(file)!r} holds damaged metadata (lora_adapter_metadata is not an object)")
+    return {k.removeprefix("unet."): v for k, v in meta.items()}
+
+def _declared_rank(meta, layer):
+    "The rank the metadata declares for `layer`: its `rank_pattern` entry if one matches the name's end, else `r`; None without metadata."
+    pattern = meta.get("rank_pattern") or {}
+    return next((r for key, r in pattern.items() if layer == key or layer.endswith("." + key)), meta.get("r"))
+
+# %% ../nbs/10_lora.ipynb #e933a634
 def check_lora_fits(unet, path):
     """Check every layer of the LoRA file against `unet` before loading: a LoRA made for another base fails here, naming the layer.
-    So does a damaged or forged file (not safetensors, no LoRA layers, integer or non-finite numbers, tensors of the wrong rank,
-    A and B of different ranks), naming the file or the tensor."""
-    file = lora_file(path)
-    try: tensors = read_safetensors(file)[0]
-    except ValueError as e: raise ValueError(f"the LoRA {e}") from None
+    So does a damaged or forged file (not safetensors, no LoRA layers, a tensor that is no LoRA layer's, integer or non-finite numbers,
+    tensors of the wrong rank, A and B of different ranks or without each other, a rank other than its metadata declares), naming it."""
+    file, meta = lora_file(path), lora_metadata(path)
+    tensors = read_safetensors(file)[0]
     keys = [k for k in tensors if k.endswith((".lora_A.weight", ".lora_B.weight"))]
     if not keys: raise ValueError(f"the LoRA file {str(file)!r} holds no LoRA layers (no tensors named *.lora_A.weight / *.lora_B.weight)")
+    other = next((k for k in tensors if k not in keys), None)
+    if other: raise ValueError(f"the LoRA file {str(file)!r} holds the tensor {other[:80]!r}, which is no LoRA layer's lora_A or lora_B (another format, or a damaged file?)")
     ranks = {}
     for key in keys:
         name, w = key.removeprefix("unet.").rsplit(".lora_", 1)[0], tensors[key]
@@ -223,8 +244,14 @@ def check_lora_fits(unet, path):
                              f"the file's lora_{'A' if a else 'B'} has shape {list(w.shape)} (a LoRA for another base model?)")
         if ranks.setdefault(name, w.shape[0 if a else 1]) != w.shape[0 if a else 1]:
             raise ValueError(f"the LoRA file's lora_A and lora_B for layer {name!r} have different ranks (a damaged or forged file?)")
+        if meta and _declared_rank(meta, name) not in (None, w.shape[0 if a else 1]):
+            raise ValueError(f"the LoRA file's metadata declares rank {_declared_rank(meta, name)} for layer {name!r}, but its tensors have "
+                             f"rank {w.shape[0 if a else 1]} (a damaged or forged file?)")
         if not torch.isfinite(w).all(): raise ValueError(f"the LoRA file's {key} holds NaN or infinite numbers; it would draw black images")
+    lone = next((k for k in keys if k.replace(".lora_A.", ".lora_B.") not in tensors or k.replace(".lora_B.", ".lora_A.") not in tensors), None)
+    if lone: raise ValueError(f"the LoRA file holds {lone!r} without its partner (every layer needs lora_A and lora_B; a damaged file?)")
 
+# %% ../nbs/10_lora.ipynb #25f8094b
 def load_lora(pipe, path, adapter_name):
     "Load a LoRA file into `pipe` under `adapter_name` with diffusers' `load_lora_weights`, after checking the name and the shapes."
     in_use = pipe.get_list_adapters().get("unet", [])

@@ -7,9 +7,9 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 # %% auto #0
 __all__ = ['SPACINGS', 'SCHEDULERS', 'SAMPLING_COSTS', 'sampling_timesteps', 'alpha_bar_at', 'predict_x0', 'ddpm_step',
            'ddim_step', 'guided_noise', 'draw_noise', 'seed_generators', 'sigma_at', 'euler_step', 'ScratchScheduler',
-           'make_scheduler', 'image_side', 'unknown_words_message', 'prediction_target', 'check_generation',
-           'both_branches', 'text_context', 'denoise', 'to_images', 'generate', 'slerp', 'measure_sampling', 'grades',
-           'sampling_eval', 'GuidanceWidget']
+           'make_scheduler', 'max_steps', 'image_side', 'unknown_words_message', 'prediction_target',
+           'check_generation', 'both_branches', 'text_context', 'denoise', 'to_images', 'generate', 'slerp',
+           'measure_sampling', 'grades', 'sampling_eval', 'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time, unicodedata, warnings
@@ -176,6 +176,23 @@ def make_scheduler(name, config=None, **overrides):
     return cls.from_config(dict(config or SCHEDULER_CONFIG), **{**latent, **overrides})
 
 
+# %% ../nbs/08_sampling.ipynb #c1284d5e
+def max_steps(scheduler):
+    """The most steps `scheduler` can take on its model without visiting one timestep twice (DPM-Solver++ with 'linspace' spacing: 999 of
+    1000, since 1001 points rounded onto 1000 integers must repeat one, and its multistep update divides by the distance between two)."""
+    import copy
+    trial, T = copy.deepcopy(scheduler), scheduler.config["num_train_timesteps"]
+    def valid(n):
+        try: trial.set_timesteps(n)
+        except (ValueError, AssertionError): return False
+        return len(set(torch.as_tensor(trial.timesteps).tolist())) == n
+    lo, hi = 1, T  # valid(lo); the largest valid n, assuming a valid n's smaller counts are valid too
+    if valid(hi): return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if valid(mid) else (lo, mid)
+    return lo
+
 # %% ../nbs/08_sampling.ipynb #49287b0d
 def _check_prompts(prompt, negative_prompt):
     prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -228,7 +245,7 @@ def check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, sched
     if wants != trained:  # e.g. DDPM's noise-prediction update on a flow-matching model: every step would go the wrong way
         raise ValueError(f"scheduler={named!r} samples a model that predicts {wants}, but this model was trained to predict {trained} "
                          f"(its own scheduler is {type(pipe.scheduler).__name__}): give a scheduler of that kind, or None for its own")
-    steps = check_int("steps", steps, 1, scheduler.config["num_train_timesteps"])
+    steps = check_int("steps", steps, 1, max_steps(scheduler))  # beyond it, a timestep would be visited twice
     check_number("guidance_scale", guidance_scale, 0, meaning="0: unconditional, 1: conditional, > 1: guided")
     return prompts, negatives, scheduler, steps
 

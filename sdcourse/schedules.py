@@ -123,8 +123,8 @@ def schedule_figure(images, schedule="scaled_linear", t=500, compare=None, seed=
         raise ValueError("images must be a [B, 3, H, W] tensor in [-1, 1]")
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed)).to(images.device)
     n = len(images)
-    fig = plt.figure(figsize=(1.6 * n + 7.5, max(1.8 * len(names), 2.6) + 0.6))
-    grid = fig.add_gridspec(len(names), n + 3, width_ratios=[1] * n + [0.25, 2.4, 2.4])
+    fig = plt.figure(figsize=(1.1 * n + 4.8, max(1.3 * len(names), 2.2) + 0.6))  # about 9 inches: its text stays readable at the page's width
+    grid = fig.add_gridspec(len(names), n + 3, width_ratios=[1] * n + [0.2, 1.9, 1.9])
     for row, name in enumerate(names):
         s = NoiseSchedule.named(name, T, images.device)
         x_t = s.q_sample(images, t, noise)
@@ -138,8 +138,8 @@ def schedule_figure(images, schedule="scaled_linear", t=500, compare=None, seed=
         for ax, values in ((ax_ab, s.alpha_bar), (ax_snr, s.log_snr)):
             ax.plot(values.numpy(), color=SCHEDULE_COLOURS[name], label=name)
             ax.plot([t], [values[t].item()], "o", color=SCHEDULE_COLOURS[name])
-    ax_ab.set_title(r"$\bar\alpha_t$"); ax_snr.set_title(r"log SNR = log $\bar\alpha_t / (1-\bar\alpha_t)$")
-    for ax in (ax_ab, ax_snr): ax.axvline(t, color="gray", lw=0.8); ax.set_xlabel("t"); ax.legend(fontsize=7)
+    ax_ab.set_title(r"$\bar\alpha_t$"); ax_snr.set_title(r"log SNR")
+    for ax in (ax_ab, ax_snr): ax.axvline(t, color="gray", lw=0.8); ax.set_xlabel("t"); ax.legend(fontsize=9)
     s = NoiseSchedule.named(names[0], T, "cpu")
     fig.suptitle(f"t = {t}: {names[0]} keeps sqrt(alpha_bar) = {s.sqrt_alpha_bar[t].item():.3f} of the image, noise std {s.sqrt_one_minus_alpha_bar[t].item():.3f}")
     fig.tight_layout()

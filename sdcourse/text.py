@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (DIFFUSION_FIELDS, TrainConfig, cache_dir, check_output_folder, get_device, make_generator, make_recipe, progress,
-                           recipe_arguments, save_pretrained_atomic, seeded, shipped_path, signed_to_unit, tensor_to_pil, training_record)
+from .core import (DIFFUSION_FIELDS, TrainConfig, cache_dir, check_output_folder, get_device, load_pretrained, make_generator,
+                           make_recipe, progress, recipe_arguments, save_pretrained_atomic, seeded, shipped_path, signed_to_unit, tensor_to_pil,
+                           training_record)
 from .data import HELDOUT_PHRASINGS, SPLITS, dataset_images, dataset_tensors, eval_prompts, grade, make_caption, sample_attributes
 
 # %% ../nbs/04_text.ipynb #2072762c
@@ -236,11 +237,11 @@ def load_text_encoder(path=None, device=None):
     from transformers import CLIPTextModel, CLIPTokenizer
     path = shipped_path("sdcourse-tiny") if path is None else Path(path)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", model_max_length=MAX_LENGTH)
-    return CLIPTextModel.from_pretrained(path / "text_encoder").to(get_device(device)).eval(), tokenizer
+    return load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder").to(get_device(device)).eval(), tokenizer
 
 def load_mini_clip(path=None, device=None):
     "The course's trained mini-CLIP and its tokenizer: the course's CLIP score model."
     from transformers import CLIPModel, CLIPTokenizer
     path = shipped_path("mini-clip") if path is None else Path(path)
     tokenizer = CLIPTokenizer.from_pretrained(shipped_path("sdcourse-tiny", "tokenizer"), model_max_length=MAX_LENGTH)
-    return CLIPModel.from_pretrained(path).to(get_device(device)).eval(), tokenizer
+    return load_pretrained(CLIPModel, path, "mini-CLIP").to(get_device(device)).eval(), tokenizer

@@ -6,10 +6,10 @@ Docs: https://sdcourse.github.io/sdcourse/training.html.md"""
 
 # %% auto #0
 __all__ = ['TINY_RECIPE', 'ADHERENCE_GROUPS', 'GRADED_ATTRIBUTES', 'TrainingCache', 'images_cache', 'cache_training_data',
-           'batch_indices', 'training_batch', 'min_snr_weight', 'diffusion_loss', 'save_checkpoint', 'load_checkpoint',
-           'train_unet', 'ema_unet', 'make_pipeline', 'load_pipeline', 'generate_images', 'adherence',
-           'adherence_groups', 'adherence_eval', 'train_course_unet', 'training_minutes', 'first_at', 'pixel_cache',
-           'activation_bytes', 'compare_pixel_latent']
+           'batch_indices', 'training_batch', 'min_snr_weight', 'diffusion_loss', 'save_checkpoint', 'is_checkpoint',
+           'load_checkpoint', 'train_unet', 'ema_unet', 'make_pipeline', 'load_pipeline', 'generate_images',
+           'adherence', 'adherence_groups', 'adherence_eval', 'train_course_unet', 'training_minutes', 'first_at',
+           'pixel_cache', 'activation_bytes', 'compare_pixel_latent']
 
 # %% ../nbs/07_training.ipynb #e45ef00a
 import copy, json, time, warnings
@@ -19,8 +19,9 @@ from typing import TypedDict
 import torch
 import torch.nn.functional as F
 
-from .core import (TrainConfig, cache_dir, check_choice, check_output_folder, get_device, make_recipe, progress, recipe_arguments,
-                           save_pretrained_atomic, save_tensors, seeded, shipped_path, signed_to_unit, tensor_to_pil, training_record)
+from .core import (TrainConfig, cache_dir, check_choice, check_output_folder, get_device, load_pretrained,
+                           make_recipe, progress, read_safetensors, recipe_arguments, save_pretrained_atomic, save_tensors, seeded, shipped_path,
+                           signed_to_unit, tensor_to_pil, training_record)
 from .data import CAPTION_PHRASINGS, HELDOUT_PHRASINGS, dataset_images, dataset_tensors, eval_prompts, grader_accuracy
 from .schedules import SCHEDULER_CONFIG, NoiseSchedule
 from .text import encode_prompts, load_text_encoder
@@ -101,17 +102,22 @@ def save_checkpoint(path, unet, ema, optimizer, step, history, run=None):
         tensors |= {f"opt.{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v) for k, v in s.items()}
     meta = dict(step=step, ema_step=ema.optimization_step, unet_config=json.dumps(_plain_config(unet)),
                 param_groups=json.dumps(state["param_groups"]), history=json.dumps(history), run=json.dumps(run or {}))
-    return save_tensors(tensors, path, meta)
+    return save_tensors(tensors, path, meta, own=is_checkpoint)  # replaces an earlier checkpoint, never a file of yours
+
+def is_checkpoint(path):
+    "Whether `path` is a checkpoint `save_checkpoint` wrote (a safetensors file whose metadata has a step and a UNet config)."
+    try: meta = read_safetensors(path, "checkpoint")[1]
+    except (ValueError, OSError): return False
+    return {"step", "unet_config"} <= set(meta)
 
 def load_checkpoint(path, unet, ema, optimizer, run=None):
     """Restore a `save_checkpoint` file into `unet`, `ema` and `optimizer`; returns `(step, history)`. Nothing is unpickled.
     With `run` (the settings of the run that resumes: all but its length), a checkpoint made with other settings is refused:
     resuming it would silently train another run."""
-    from safetensors import safe_open
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train with resume=False to start from scratch")
     try:
-        with safe_open(str(path), "pt") as f: meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        tensors, meta = read_safetensors(path, "checkpoint")  # safetensors only: a pickle is refused, never opened
         step, saved = int(meta["step"]), json.loads(meta["unet_config"])
     except Exception as e:
         raise ValueError(f"checkpoint {str(path)!r} is not a complete sdcourse checkpoint ({type(e).__name__}: {e}); "
@@ -230,7 +236,7 @@ def make_pipeline(unet, vae=None, text_encoder=None, tokenizer=None, scheduler=N
 def load_pipeline(path=None, device=None):
     "sdcourse-tiny (or the Stable Diffusion folder at `path`) through `StableDiffusionPipeline.from_pretrained`, offline, from safetensors only."
     from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(shipped_path("sdcourse-tiny") if path is None else path, use_safetensors=True).to(get_device(device))
+    pipe = load_pretrained(StableDiffusionPipeline, shipped_path("sdcourse-tiny") if path is None else path, "model").to(get_device(device))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
-from .core import get_device, shipped_path
+from .core import get_device, load_pretrained, shipped_path
 
 # %% ../nbs/06_unet.ipynb #34318bc2
 def timestep_embedding(t, dim, max_period=10_000):
@@ -258,7 +258,7 @@ def load_unet(path=None, device=None):
     "The course's trained UNet (or the `UNet2DConditionModel` folder at `path`), in eval mode on `device`."
     from diffusers import UNet2DConditionModel
     path = shipped_path("sdcourse-tiny", "unet") if path is None else path
-    return UNet2DConditionModel.from_pretrained(path).to(get_device(device)).eval()
+    return load_pretrained(UNet2DConditionModel, path, "UNet").to(get_device(device)).eval()
 
 # %% ../nbs/06_unet.ipynb #46d46968
 def parameter_counts(unet):

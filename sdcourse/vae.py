@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (DIFFUSION_FIELDS, TrainConfig, cache_dir, check_output_folder, get_device, load_weights, make_generator, make_recipe,
-                           progress, recipe_arguments, save_pretrained_atomic, save_weights, seeded, shipped_path, training_record)
+from .core import (DIFFUSION_FIELDS, TrainConfig, cache_dir, check_output_folder, get_device, load_pretrained, load_weights,
+                           make_generator, make_recipe, progress, read_safetensors, recipe_arguments, save_pretrained_atomic, save_weights, seeded,
+                           shipped_path, training_record)
 from .data import dataset_images, heldout_images
 
 # %% ../nbs/03_vae.ipynb #2e4403c2
@@ -170,8 +171,7 @@ def save_scratch_vae(vae, path):
 
 def load_scratch_vae(path, **config):
     "A `ScratchVAE` with `config` (by default the one recorded in the file) and the weights at `path`."
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
+    meta = read_safetensors(path, "VAE weights file")[1]  # safetensors only: a pickle is refused, never opened
     return load_weights(ScratchVAE(**(config or json.loads(meta.get("config", "{}")))), path)
 
 # %% ../nbs/03_vae.ipynb #1ebe60dd
@@ -185,10 +185,10 @@ def make_vae(**overrides):
     return AutoencoderKL(**{**VAE_CONFIG, **overrides})
 
 def load_vae(path=None, device=None):
-    "The course's trained VAE (or the `AutoencoderKL` folder at `path`), in eval mode on `device`."
+    "The course's trained VAE (or the `AutoencoderKL` folder at `path`, from safetensors only), in eval mode on `device`."
     from diffusers import AutoencoderKL
     path = shipped_path("sdcourse-tiny", "vae") if path is None else path
-    return AutoencoderKL.from_pretrained(path).to(get_device(device)).eval()
+    return load_pretrained(AutoencoderKL, path, "VAE").to(get_device(device)).eval()
 
 # %% ../nbs/03_vae.ipynb #9b528aef
 @torch.no_grad()

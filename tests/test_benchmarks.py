@@ -1,5 +1,6 @@
-"Every benchmark script runs on tiny settings and writes the record its lecture reads (the timings themselves are not tested: speed lives in the scripts)."
-import json, os, re, subprocess, sys
+"""Every benchmark script runs on tiny settings and writes the record its lecture reads (the timings themselves are not tested: speed lives in
+the scripts). Each runs in this process, as `python benchmarks/X.py` would run it, so that the test does not pay for importing torch again."""
+import contextlib, io, json, re, runpy, sys
 from pathlib import Path
 
 import pytest
@@ -7,12 +8,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(script, *args, tmp_path):
+def run(script, *args, tmp_path, monkeypatch=None):
     record = tmp_path / "record.json"
-    result = subprocess.run([sys.executable, ROOT / "benchmarks" / script, *args, "--record", record], capture_output=True, text=True,
-                            env={**os.environ, "SDCOURSE_PROGRESS": "0"}, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result.stdout, json.loads(record.read_text())
+    argv, out = [str(ROOT / "benchmarks" / script), *map(str, args), "--record", str(record)], io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setattr(sys, "argv", argv); mp.setenv("SDCOURSE_PROGRESS", "0")
+        try: runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as e: assert e.code in (0, None), f"{script} exited {e.code}: {out.getvalue()[-2000:]}"
+    return out.getvalue(), json.loads(record.read_text())
 
 
 @pytest.mark.slow

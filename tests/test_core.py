@@ -131,17 +131,34 @@ def test_save_pretrained_atomic_replaces_only_its_own_folder_whole(tmp_path):
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine" and (tmp_path / "model" / "config.json").read_text() == "two"
 
 
-def test_nested_outputs_count_as_ours_and_a_forged_nested_manifest_cannot_vouch_for_a_users_file(tmp_path):
-    import json
-    from sdcourse.core import MANIFEST, foreign_files, write_manifest
+def test_nested_outputs_count_as_ours_and_a_forged_nested_manifest_cannot_vouch_for_a_users_file(tmp_path, monkeypatch):
+    import hashlib, json
+    from sdcourse.core import MANIFEST, foreign_files, read_manifest, write_manifest
     for part in ("a", "b/c"):
         (tmp_path / part).mkdir(parents=True); (tmp_path / part / "w.bin").write_bytes(part.encode()); write_manifest(tmp_path / part, "x")
     assert foreign_files(tmp_path) == []
     (tmp_path / "b" / "notes.txt").write_text("mine")  # above c's manifest, below none: not ours
     (tmp_path / "a" / "w.bin").write_bytes(b"changed")  # listed, but not what sdcourse wrote
     (tmp_path / "d").mkdir(); (tmp_path / "d" / "thesis.tex").write_text("work")
-    (tmp_path / "d" / MANIFEST).write_text(json.dumps({"kind": "x", "files": {"thesis.tex": "0" * 64}}))  # forged
-    assert foreign_files(tmp_path) == ["a/w.bin", "b/notes.txt", "d/thesis.tex"]
+    real = dict(sha256=hashlib.sha256(b"work").hexdigest(), bytes=4)  # the user's file with its real hash: a hash proves content, not authorship
+    (tmp_path / "d" / MANIFEST).write_text(json.dumps({"kind": "x", "files": {"thesis.tex": real}, "signature": "0" * 64}))  # forged
+    assert read_manifest(tmp_path / "d") is None
+    assert foreign_files(tmp_path) == ["a/w.bin", "b/notes.txt", "d/sdcourse_manifest.json", "d/thesis.tex"]
+
+
+def test_a_manifest_signed_with_another_users_key_vouches_for_nothing(tmp_path, monkeypatch):
+    from sdcourse.core import foreign_files, read_manifest, write_manifest
+    monkeypatch.setenv("SDCOURSE_CONFIG", str(tmp_path / "alice"))
+    (tmp_path / "out").mkdir(); (tmp_path / "out" / "w.bin").write_bytes(b"weights"); write_manifest(tmp_path / "out", "x")
+    assert read_manifest(tmp_path / "out") == ("x", {"w.bin": {"sha256": __import__("hashlib").sha256(b"weights").hexdigest(), "bytes": 7}})
+    assert (tmp_path / "alice" / "manifest.key").stat().st_mode & 0o777 == 0o600  # readable by its user alone
+    monkeypatch.setenv("SDCOURSE_CONFIG", str(tmp_path / "bob"))  # the folder arrives in Bob's shared folder, or from Alice's archive
+    assert read_manifest(tmp_path / "out") is None and foreign_files(tmp_path / "out") == ["sdcourse_manifest.json", "w.bin"]
+    monkeypatch.setenv("SDCOURSE_CONFIG", str(tmp_path / "alice"))
+    record = __import__("json").loads((tmp_path / "out" / "sdcourse_manifest.json").read_text())
+    record["files"]["thesis.tex"] = record["files"]["w.bin"]  # an edited manifest: the signature no longer checks
+    (tmp_path / "out" / "sdcourse_manifest.json").write_text(__import__("json").dumps(record))
+    assert read_manifest(tmp_path / "out") is None
 
 
 def test_a_training_record_keeps_every_tenth_step_every_evaluation_and_the_last():

@@ -147,7 +147,7 @@ def test_cli_evaluate_good_input(tmp_path, real, capsys):
     (lambda d: None, "holds no PNG images and no metadata.csv"),
     (lambda d: Image.new("RGB", (64, 64)).save(d / "plain.png"), "records no prompt"),
     (lambda d: Image.new("RGB", (128, 128)).save(d / "big.png"), "is 128x128"),
-    (lambda d: (d / "metadata.csv").write_text("name,caption\nx.png,a\n"), "must have the columns file_name,text"),
+    (lambda d: (d / "metadata.csv").write_text("name,caption\nx.png,a\n"), "must name the columns file_name,text"),
 ])
 def test_cli_evaluate_bad_input(tmp_path, capsys, monkeypatch, setup, match):
     monkeypatch.setenv("SDCOURSE_PROGRESS", "0")  # the progress bar shares stderr

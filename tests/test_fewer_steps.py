@@ -8,7 +8,7 @@ from PIL import Image
 from sdcourse.core import shipped_path
 from sdcourse.data import eval_prompts
 from sdcourse.exercises import check_consistency_scalings
-from sdcourse.fewer_steps import (FLOW_UNET, LCM_LORA, VALIDATION_SEED, ScratchFlowScheduler, ScratchLCMScheduler, add_lcm_option, consistency_loss,
+from sdcourse.fewer_steps import (FLOW_UNET, LCM_LORA, VALIDATION_SEED, ScratchFlowScheduler, ScratchLCMScheduler, LCM_OPTION, consistency_loss,
                                   consistency_output, consistency_scalings, distill_lcm, flow_interpolate, flow_loss, flow_sigmas, lcm_batch,
                                   lcm_timesteps, load_flow_pipeline, measure_metrics, measure_steps, solver_timesteps, teacher_step, train_flow_unet, with_lcm)
 from sdcourse.pipeline import main, png_info, reproduce
@@ -183,19 +183,20 @@ def test_bad_input_is_refused_with_a_message(pipe, flow_pipe):
     with pytest.raises(ValueError, match="scheduler='ScratchFlowScheduler' samples a model that predicts flow velocity"):
         generate(pipe, "a red circle", scheduler=ScratchFlowScheduler())
     other = make_pipeline(make_unet(block_out_channels=(32, 32, 64)), pipe.vae, pipe.text_encoder, pipe.tokenizer)
-    with pytest.raises(ValueError, match="does not fit this model's UNet"): with_lcm(other)
-    with pytest.raises(FileNotFoundError, match="no LoRA file"): with_lcm(load_pipeline(), "/nonexistent/lcm")
+    with pytest.raises(ValueError, match=r"\(a LoRA for another base model\?\)"): with_lcm(other)
+    with pytest.raises(FileNotFoundError, match="no LCM-LoRA at '/nonexistent/lcm'"): with_lcm(load_pipeline(), "/nonexistent/lcm")
+    with pytest.raises(ValueError, match="is not an LCM-LoRA"): with_lcm(load_pipeline(), shipped_path("lectures", "10_lora", "stars"))
 
 
 def test_lcm_option_warns_about_steps_and_guidance_it_was_not_distilled_for():
-    apply = add_lcm_option(argparse.ArgumentParser())
-    assert apply.schedulers == ("lcm",) and apply(None, dict(scheduler="dpm++")) == {}
-    with pytest.warns(UserWarning, match="gains nothing past 8"): apply(load_pipeline(), dict(scheduler="lcm", steps=20))
-    with pytest.warns(UserWarning, match="guidance 5 is already distilled"): apply(load_pipeline(), dict(scheduler="lcm", guidance=5.0))
+    assert LCM_OPTION.schedulers == ("lcm",) and LCM_OPTION.changes == "scheduler" and not LCM_OPTION.active(dict(scheduler="dpm++"))
+    assert LCM_OPTION.defaults == dict(steps=4, guidance_scale=1.0)
+    with pytest.warns(UserWarning, match="gains nothing past 8"): LCM_OPTION.apply(load_pipeline(), dict(scheduler="lcm", steps=20))
+    with pytest.warns(UserWarning, match="guidance 5 is already distilled"): LCM_OPTION.apply(load_pipeline(), dict(scheduler="lcm", guidance=5.0))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        recipe = apply(load_pipeline(), dict(scheduler="lcm", steps=4, guidance=None))
-    assert recipe == dict(lcm_lora=LCM_LORA, defaults=dict(steps=4, guidance_scale=1.0))
+        warnings.filterwarnings("error", message="--")  # none of the option's own warnings
+        recipe = LCM_OPTION.apply(load_pipeline(), dict(scheduler="lcm", steps=4, guidance=None))
+    assert recipe["lcm_lora"] == LCM_LORA and set(recipe["fingerprints"]) == {"lcm_lora"}
 
 
 def test_cli_generate_with_lcm_and_reproduce(tmp_path, capsys):
@@ -211,11 +212,11 @@ def test_cli_generate_with_lcm_and_reproduce(tmp_path, capsys):
 
 
 def test_cli_bad_lcm_input(tmp_path, capsys):
-    assert main(["generate", "a red circle", "--lcm-lora", str(tmp_path), "-o", str(tmp_path / "a.png")]) == 1
+    assert main(["generate", "a red circle", "--lcm-lora", str(tmp_path), "-o", str(tmp_path / "a.png")]) == 2  # it would change nothing
     assert "--lcm-lora needs --scheduler lcm" in capsys.readouterr().err
     assert main(["generate", "a red circle", "--scheduler", "lcm", "--lcm-lora", str(tmp_path), "-o", str(tmp_path / "b.png")]) == 1
-    assert "no LoRA file" in capsys.readouterr().err
-    assert main(["generate", "a red circle", "--scheduler", "lcm", "--steps", "60", "-o", str(tmp_path / "c.png")]) == 1
+    assert "no LCM-LoRA at" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--scheduler", "lcm", "--steps", "60", "-o", str(tmp_path / "c.png")]) == 2  # a number outside its range
     assert "--steps 60 with --scheduler lcm: LCM samples on the 50 timesteps it was distilled on, so it takes 1 to 50 steps" in capsys.readouterr().err
     assert not list(tmp_path.glob("?.png"))
 

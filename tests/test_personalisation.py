@@ -8,7 +8,7 @@ from sdcourse.core import save_tensors, shipped_path
 from sdcourse.data import eval_prompts, make_example
 from sdcourse.exercises import check_keep_rows
 from sdcourse.lora import adaptation_scores, concept_cache, rename_concept
-from sdcourse.personalisation import (IDENTIFIER, METHODS, PLACEHOLDER, add_token, init_row, dreambooth_cache, embedding_output, generated_prior, keep_rows,
+from sdcourse.personalisation import (IDENTIFIER, METHODS, PLACEHOLDER, add_token, init_row, dreambooth_cache, embedding_output, generated_prior, is_embedding_file, keep_rows,
                                       load_embedding, personalise, read_embedding, save_embedding, shape_cache, textual_inversion)
 from sdcourse.pipeline import main, png_info, reproduce
 from sdcourse.sampling import generate
@@ -200,12 +200,12 @@ def test_textual_inversion_command_refuses_bad_input_before_any_work(tmp_path, c
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.safetensors").write_text("my notes")
     save_tensors({"a": torch.zeros(2), "b": torch.zeros(2)}, tmp_path / "weights.safetensors")
-    for argv, message in ((["x.safetensors", "--images", "empty"], "--images '{t}/empty' holds no images"),
-                          (["x.safetensors", "--images", "missing"], "--images '{t}/missing' is not a folder"),
+    for argv, message in ((["x.safetensors", "--images", "empty"], "'{t}/empty' has no metadata.csv (columns file_name,text)"),
+                          (["x.safetensors", "--images", "missing"], "'{t}/missing' is not a folder"),
                           (["x.pt"], "must be a file name ending in .safetensors"),
                           (["notes.safetensors"], "exists; pass --overwrite"),
-                          (["notes.safetensors", "--overwrite"], "is not a textual-inversion file; it is never replaced"),
-                          (["weights.safetensors", "--overwrite"], "is not a textual-inversion file; it is never replaced"),
+                          (["notes.safetensors", "--overwrite"], "is not a textual-inversion file for '<star>' (64 wide, as this model's); it is never replaced"),
+                          (["weights.safetensors", "--overwrite"], "is not a textual-inversion file for '<star>'"),
                           (["x.safetensors", "--token", "star"], "token 'star' is already in the tokenizer's vocabulary"),
                           (["x.safetensors", "--init-word", "zebra"], "init_word must be a word the tokenizer keeps whole"),
                           (["nowhere/x.safetensors"], "does not exist; create it first")):
@@ -215,6 +215,7 @@ def test_textual_inversion_command_refuses_bad_input_before_any_work(tmp_path, c
         assert err.count("\n") == 1 and message.format(t=tmp_path) in err, (message, err)
     assert (tmp_path / "notes.safetensors").read_text() == "my notes" and not (tmp_path / "x.safetensors").exists()
     assert embedding_output(STAR.with_name("star.safetensors"), overwrite=True)  # a textual-inversion file may be replaced with --overwrite
+    assert is_embedding_file(STAR.with_name("star.safetensors"), "<star>", 64) and not is_embedding_file(tmp_path / "weights.safetensors", "a", 2)
 
 
 def test_generate_refuses_a_bad_embedding_in_one_line(tmp_path, capsys):

@@ -7,7 +7,8 @@ from PIL import Image
 
 from sdcourse.data import make_example
 from sdcourse.lora import load_lora
-from sdcourse.pipeline import cli_parser, hub_reachable, load_sd, main, png_info, reproduce, save_png
+from sdcourse.core import shipped_path
+from sdcourse.pipeline import cli_parser, fingerprint, hub_reachable, load_sd, main, png_info, reproduce, save_png
 from sdcourse.sampling import generate
 
 COMMANDS = ["generate", "img2img", "inpaint", "dataset", "train-vae", "train-text-encoder", "train", "finetune", "train-lora", "grade"]
@@ -48,8 +49,10 @@ def test_generate_records_its_recipe_and_reproduces(tmp_path, capsys):
                         "--negative", "a black background", "-o", str(tmp_path / "c.png")], capsys)
     assert code == 0 and out.strip() == str(tmp_path / "c.png")
     info = png_info(tmp_path / "c.png")
+    fingerprints = info.pop("fingerprints")
     assert info == dict(command="generate", prompt="a large red circle in the center", negative_prompt="a black background", seed=3, steps=12,
-                        guidance_scale=5.0, scheduler="ddim", model="sdcourse-tiny", lora="", lora_strength=1.0, image_index=0)
+                        guidance_scale=5.0, scheduler="ddim", model="sdcourse-tiny", image_index=0)
+    assert fingerprints == dict(model=fingerprint(shipped_path("sdcourse-tiny")))  # what made it, to tell later if it changed
     assert Image.open(tmp_path / "c.png").text["prompt"] == "a large red circle in the center"  # readable by any viewer
     assert np.array_equal(np.asarray(reproduce(tmp_path / "c.png")), np.asarray(Image.open(tmp_path / "c.png")))
     code, out, _ = run(["grade", str(tmp_path / "c.png")], capsys)
@@ -162,7 +165,7 @@ def test_load_sd_folder_round_trip_and_errors(tmp_path, pipe, monkeypatch):
     b = generate(load_sd(tmp_path / "m", "cpu"), "a red circle in the center", seed=1, steps=4, output_type="pt")
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="no model_index.json"): load_sd(tmp_path, "cpu")
-    with pytest.raises(FileNotFoundError, match="neither a folder nor a hub id"): load_sd(tmp_path / "nope" / "deeper", "cpu")
+    with pytest.raises(FileNotFoundError, match="no such folder"): load_sd(tmp_path / "nope" / "deeper", "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not hub_reachable()
     start = time.time()

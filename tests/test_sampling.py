@@ -175,8 +175,8 @@ def test_generate_outputs(pipe):
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(steps=0), ValueError, r"steps must be an int in \[1, 1000\], got 0"),
-    (dict(steps=1001), ValueError, r"steps must be an int in \[1, 1000\], got 1001"),
+    (dict(steps=0), ValueError, r"steps must be an int in \[1, 999\], got 0"),
+    (dict(steps=1001), ValueError, r"steps must be an int in \[1, 999\], got 1001"),
     (dict(steps=2.5), TypeError, "steps must be an int"),
     (dict(guidance_scale=-0.5), ValueError, r"guidance_scale must be a finite number in \[0, inf\] \(0: unconditional"),
     (dict(guidance_scale=float("nan")), ValueError, r"guidance_scale must be a finite number in \[0, inf\]"),

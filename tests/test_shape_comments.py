@@ -17,7 +17,7 @@ SHAPE = re.compile(r"\[[^\]]*\]")  # a comment that writes a shape: [B, 77, D]
 # Lines that are not model code, by (module, function); None: the whole module.
 ALLOWED = {
     ("exercises", None): "the checkers build inputs and typical wrong answers to compare a learner's function with; the shapes are in their hints",
-    ("pipeline", "_training_cache"): "the command line stacking a user's images; the CLI belongs to lecture 11's command and is not model code",
+    ("pipeline", "adaptation_cache"): "the command line stacking a user's images to adapt to (its shape is said on the next line); not model code",
 }
 
 

@@ -50,11 +50,12 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_offline(tmp_path):
     where = run([python, "-c", "import sdcourse, sdcourse.core as c; print(sdcourse.__file__); print(c.shipped_path('sdcourse-tiny'))"], cwd=empty, env=env)
     module, model = where.stdout.split()
     assert module.startswith(str(venv)) and model.startswith(str(venv)) and model.endswith("sdcourse/shipped/sdcourse-tiny"), where.stdout
-    run([sdcourse, "generate", "a large red circle in the center", "-o", "out.png"], cwd=empty, env=env)
+    from sdcourse.control import mask_image
+    from sdcourse.data import Attributes, render_with_mask
+    mask_image(render_with_mask(Attributes("red", "circle", "center", "large", "white"))[1]).save(empty / "mask.png")  # where the prompt asks
+    # the console script (lecture 91's light front door), lecture 14's option and lecture 15's LCM-LoRA through the wheel's entry points, at once
+    run([sdcourse, "generate", "a large red circle in the center", "--control", "mask.png", "--scheduler", "lcm", "-o", "out.png"], cwd=empty, env=env)
     graded = run([sdcourse, "grade", "out.png"], cwd=empty, env=env)
     assert graded.stdout.startswith("PASS out.png"), graded.stdout
-    run([python, "-c", "from sdcourse.control import mask_image; from sdcourse.data import example_mask; mask_image(example_mask(0)).save('mask.png')"], cwd=empty, env=env)
-    run([sdcourse, "generate", "a blue circle", "--control", "mask.png", "-o", "steered.png"], cwd=empty, env=env)  # lecture 14's option, through the wheel's entry points
-    assert (empty / "steered.png").is_file()
-    run([sdcourse, "generate", "a blue circle", "--scheduler", "lcm", "-o", "fast.png"], cwd=empty, env=env)  # lecture 15's LCM-LoRA, from the wheel
-    assert (empty / "fast.png").is_file()
+    recipe = __import__("json").loads(__import__("PIL.Image", fromlist=["Image"]).open(empty / "out.png").text["sdcourse"])
+    assert recipe["controlnet"] == "sdcourse-tiny-controlnet" and recipe["lcm_lora"] == "sdcourse-tiny-lcm-lora", recipe
