@@ -157,9 +157,10 @@ def test_the_reference_images_of_evaluate_are_streamed(monkeypatch):
 
 
 def test_ctrl_c_while_torch_imports_is_one_line(tmp_path):
-    child = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    child = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); print('ready', flush=True); "
              "from sdcourse.cli import main; raise SystemExit(main(['generate', 'a red circle', '-o', 'never.png']))")
     proc = subprocess.Popen([sys.executable, "-c", child], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"  # Python is up, with its Ctrl-C handler
     time.sleep(0.2); proc.send_signal(signal.SIGINT)  # well inside the import of torch
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err, err
