@@ -11,13 +11,15 @@ from pathlib import Path
 NBS = Path(__file__).resolve().parents[1] / "nbs"
 
 
-def lecture_times(paths, flags=()):
-    """Run each notebook alone in a fresh process with `nbdev-test`, as CI and a learner's "Restart kernel and run all" do: [(name, seconds, passed)]."""
+def lecture_times(paths, flags=(), save=False):
+    """Run each notebook alone in a fresh process with `nbdev-test`, as CI and a learner's "Restart kernel and run all" do: [(name, seconds, passed)].
+    With `save`, each is saved with the outputs of that run (how the committed notebooks are made)."""
     nbdev_test = Path(sys.executable).parent / "nbdev-test"
     rows = []
     for path in paths:
         start = time.perf_counter()
-        result = subprocess.run([str(nbdev_test), str(path), *(["--flags", " ".join(flags)] if flags else [])], capture_output=True, text=True)
+        result = subprocess.run([str(nbdev_test), str(path), *(["--flags", " ".join(flags)] if flags else []), *(["--save"] if save else [])],
+                                capture_output=True, text=True)
         rows.append((path.name, time.perf_counter() - start, result.returncode == 0))
         print(f"{path.name:24s} {rows[-1][1]:6.1f} s {'ok' if rows[-1][2] else 'FAILED: ' + result.stderr[-500:]}", file=sys.stderr, flush=True)
     return rows
@@ -28,11 +30,13 @@ def main(argv=None):
     parser.add_argument("--flags", nargs="*", default=[], help="nbdev test flags to run as well, e.g. slow")
     parser.add_argument("--only", nargs="*", default=None, help="lecture numbers to time, e.g. 07 08 (default: every notebook)")
     parser.add_argument("--limit", type=float, default=60.0, help="seconds a lecture may take")
+    parser.add_argument("--save", action="store_true", help="save each notebook with the outputs of its run (as the committed ones are made)")
+    parser.add_argument("--notebooks", nargs="*", default=None, help="notebook files to time instead of the course's")
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    paths = sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith(("_", ".")))
+    paths = [Path(p) for p in args.notebooks] if args.notebooks else sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith(("_", ".")))
     if args.only: paths = [p for p in paths if p.name.split("_")[0] in args.only]
-    rows = lecture_times(paths, args.flags)
+    rows = lecture_times(paths, args.flags, args.save)
     print("| notebook | seconds |\n|---|---|")
     for name, seconds, passed in rows: print(f"| {name} | {seconds:.0f}{'' if passed else ' (failed)'} |")
     print(f"| **all {len(rows)}** | **{sum(s for _, s, _ in rows):.0f}** |")

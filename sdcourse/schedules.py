@@ -48,8 +48,8 @@ class NoiseSchedule:
     def __init__(self, betas, device=None):
         betas = torch.as_tensor(betas, dtype=torch.float32).cpu()  # float32 throughout, as diffusers (and MPS) do
         if betas.ndim != 1 or len(betas) < 2: raise ValueError(f"betas must be a 1-d sequence of at least 2 values, got shape {list(betas.shape)}")
-        if not ((betas > 0) & (betas < 1)).all():
-            raise ValueError(f"betas must lie in the open interval (0, 1), got values from {betas.min().item():g} to {betas.max().item():g}")
+        if not ((betas > 0) & (betas <= 1)).all():  # 1 is allowed: a schedule that ends in pure noise (alpha_bar = 0), as Lin et al. rescale it
+            raise ValueError(f"betas must lie in (0, 1], got values from {betas.min().item():g} to {betas.max().item():g}")
         self.device, self.T = get_device(device), len(betas)
         alphas = 1 - betas
         alpha_bar = torch.cumprod(alphas, 0)

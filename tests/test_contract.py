@@ -34,17 +34,18 @@ def test_every_registered_option_is_asked_for_here():
 
 
 @pytest.mark.parametrize("pair", [pair for pair in itertools.combinations(sorted(ASK), 2)] + [tuple(sorted(ASK))], ids="+".join)
-def test_every_combination_of_options_works_through_the_command_and_reproduces(pair, mask, tmp_path):
+def test_every_combination_of_options_works_through_the_command(pair, mask, tmp_path):
     out = tmp_path / "out.png"
     asked = [a.format(mask=mask) for name in pair for a in ASK[name]]
     assert main(["generate", "a red <star> in the center", "-o", str(out), "--steps", "2", *asked]) == 0
     recipe = png_info(out)
     recorded = {"lora": "lora", "embedding": "embedding", "control": "control", "lcm": "lcm_lora"}
     assert all(recorded[name] in recipe and recorded[name] in recipe["fingerprints"] for name in pair), recipe
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*changed since it was made")  # every file it records is found unchanged
+    if len(pair) < len(ASK): return
+    with warnings.catch_warnings():  # all four at once: the recipe alone makes the same image, every option applied in the same order
+        warnings.filterwarnings("error", message=".*changed since it was made")  # and every file it records is found unchanged
         again = reproduce(out)
-    assert np.array_equal(np.asarray(again), np.asarray(Image.open(out).convert("RGB")))  # the same options, applied in the same order
+    assert np.array_equal(np.asarray(again), np.asarray(Image.open(out).convert("RGB")))
 
 
 def test_img2img_and_inpaint_take_every_option_at_once(mask, tmp_path):

@@ -202,3 +202,65 @@ def test_the_exercises_page_holds_every_checker_with_one_folded_solution():
     for name in checkers:
         solutions = [s for s in folded if re.search(rf"\b{name}\(", s)]
         assert len(solutions) == 1, f"{name}: {len(solutions)} folded solution cells (expected one)"
+
+
+# The exercise proper of each lecture (issue #38): its answer is not on its page, its checker passes the reference and names each
+# mistake it claims to catch, and the lecture then uses the learner's function (or the course's, while the stub is untouched).
+
+from sdcourse.exercises import EXERCISES
+
+
+def _stub(*args, **kwargs): raise NotImplementedError
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=lambda e: e.name)
+def test_an_exercise_passes_its_reference_and_names_each_mistake(ex):
+    assert ex.checker(ex.reference), f"{ex.name}: the checker fails its own reference"
+    assert not ex.checker(_stub).attempted  # an untouched stub is "not attempted yet", not a failure
+    assert len(ex.mistakes) >= 2, f"{ex.name}: an exercise names at least two typical mistakes"
+    for wrong, hint in ex.mistakes:
+        verdict = ex.checker(wrong)
+        assert not verdict and hint in verdict.message, (ex.name, hint, verdict)
+    assert ex.used_by.strip() and (ex.library == "" or ex.library.split(".")[0] in ("diffusers", "transformers", "peft", "torch", "scipy", "accelerate"))
+
+
+def names_defined(source):
+    "The functions, classes and variables a cell defines or imports by name."
+    try: tree = ast.parse("\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("#|", "%", "!"))))
+    except SyntaxError: return set()
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)): found.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store): found.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)): found |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return found
+
+
+def exercise_on_page(cells, name):
+    """Where the exercise `name` sits in a lecture's code cells: (index of the stub's cell, the cells before it that define `name` itself,
+    the later cells that hand `my_<name>` to `use_yours`)."""
+    codes = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    stub = next((i for i, s in enumerate(codes) if re.search(rf"def my_{name}\(", s) and "NotImplementedError" in s and f"check_{name}(my_{name})" in s), None)
+    if stub is None: return None, [], []
+    before = [i for i, s in enumerate(codes[:stub]) if name in names_defined(s)]
+    used = [i for i, s in enumerate(codes[stub:], stub) if re.search(rf"use_yours\([^)]*my_{name}\b", s)]
+    return stub, before, used
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=lambda e: e.name)
+def test_an_exercises_answer_is_not_on_its_page_and_the_lecture_uses_the_learners_code(ex):
+    cells = _cells(f"{ex.lecture}.ipynb")
+    stub, before, used = exercise_on_page(cells, ex.name)
+    assert stub is not None, f"{ex.lecture}: no stub `my_{ex.name}` (raising NotImplementedError) checked by check_{ex.name}"
+    assert before == [], f"{ex.lecture}: code cells {before} define {ex.name} before the exercise asks for it"
+    assert used, f"{ex.lecture}: no cell after the exercise uses the learner's my_{ex.name} (through use_yours)"
+    codes = [c for c in cells if c["cell_type"] == "code"]
+    assert "course's" in json.dumps(codes[used[0]].get("outputs", [])), f"{ex.lecture}: saved without saying whose {ex.name} ran"
+
+
+def test_the_answer_detector_finds_an_answer_above_its_exercise():
+    cell = lambda s: {"cell_type": "code", "source": s}
+    stub = cell("from sdcourse.exercises import check_f\ndef my_f(x):\n    raise NotImplementedError\nr = check_f(my_f)")
+    assert exercise_on_page([cell("def f(x): return x"), stub, cell("g = use_yours(r, my_f, ours)")], "f") == (1, [0], [2])
+    assert exercise_on_page([cell("from somewhere import f"), stub], "f") == (1, [0], [])
+    assert exercise_on_page([cell("y = f(2)"), stub, cell("use_yours(r, my_f, ours)")], "f") == (1, [], [2])

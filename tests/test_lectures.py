@@ -167,11 +167,14 @@ def test_what_the_course_ships_is_as_committed():
 
 
 def test_lecture_times_benchmark_times_a_lecture_and_fails_past_its_limit(tmp_path):
+    "The script on a one-cell notebook (a lecture's run is the notebooks' own test): the table, the limit, and --save writing the outputs back."
     script, env = ROOT / "benchmarks" / "lecture_times.py", {**os.environ, "SDCOURSE_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
-    ok = subprocess.run([sys.executable, script, "--only", "00"], capture_output=True, text=True, env=env)
-    assert ok.returncode == 0 and "| 00_core.ipynb |" in ok.stdout and "| **all 1** |" in ok.stdout, ok.stdout + ok.stderr
-    over = subprocess.run([sys.executable, script, "--only", "00", "--limit", "0.5"], capture_output=True, text=True, env=env)
-    assert over.returncode == 1 and "over 0 s: 00_core.ipynb" in over.stderr, over.stderr
+    notebook = write_notebook(tmp_path / "00_tiny.ipynb", "print(6 * 7)")
+    ok = subprocess.run([sys.executable, script, "--notebooks", notebook, "--save"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert ok.returncode == 0 and "| 00_tiny.ipynb |" in ok.stdout and "| **all 1** |" in ok.stdout, ok.stdout + ok.stderr
+    assert "42" in json.dumps(json.loads(notebook.read_text())["cells"][0]["outputs"])  # saved with its output
+    over = subprocess.run([sys.executable, script, "--notebooks", notebook, "--limit", "0.01"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert over.returncode == 1 and "over 0 s: 00_tiny.ipynb" in over.stderr, over.stderr
 
 
 def test_slow_cells_hold_no_import_line():

@@ -108,8 +108,9 @@ def test_bad_timesteps_and_shapes(call, error, message):
 def test_bad_schedules():
     with pytest.raises(ValueError, match=r"schedule='sigmoid' is not accepted; choose one of \('linear', 'scaled_linear', 'cosine'\)"):
         make_betas("sigmoid")
-    for bad in ([0.1, 1.0], [0.0, 0.1], [-0.1, 0.1], [0.2, float("nan")]):
-        with pytest.raises(ValueError, match=r"betas must lie in the open interval \(0, 1\)"): NoiseSchedule(bad)
+    for bad in ([0.1, 1.1], [0.0, 0.1], [-0.1, 0.1], [0.2, float("nan")]):
+        with pytest.raises(ValueError, match=r"betas must lie in \(0, 1\]"): NoiseSchedule(bad)
+    assert NoiseSchedule([0.1, 1.0]).alpha_bar[-1] == 0  # a schedule that ends in pure noise (zero terminal SNR) is allowed
     with pytest.raises(ValueError, match="1-d sequence"): NoiseSchedule([[0.1, 0.2]])
     with pytest.raises(ValueError, match=r"T must be an int in \[2, inf\]"): make_betas("linear", T=1)
 

@@ -206,17 +206,13 @@ def test_same_seed_same_images():
     assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, c))
 
 
-def test_shipped_adherence_not_worse_than_recorded():
-    "The training pairs, the held-out pairs and the held-out phrasing families, each as recorded (200 images apiece)."
+def test_the_shipped_record_covers_what_lecture_7_remeasures():
+    "Lecture 7 draws 600 images with the shipped model and checks them against this record (not worse than recorded): the record must hold them."
     record = json.loads(shipped_path("sdcourse-tiny", "unet", "training.json").read_text())
-    assert record["adherence"].keys() >= set(ADHERENCE_GROUPS) and record["phrasings"] == list(TRAIN_PHRASINGS)  # what the record covers
-    pipe = load_pipeline(device="cpu")
-    for group in ("train", "heldout", "new_phrasings"):
-        split, phrasings = ADHERENCE_GROUPS[group]
-        got = adherence(pipe, 200, split, guidance_scale=record["adherence"]["guidance_scale"], phrasings=phrasings)
-        recorded = record["adherence"][group]
-        assert got["all"] >= recorded["all"] - 0.02 and got["colour"] >= recorded["colour"] - 0.02, (group, got, recorded)
+    assert record["adherence"].keys() >= set(ADHERENCE_GROUPS) and record["phrasings"] == list(TRAIN_PHRASINGS)
     assert all(record["adherence"]["train"][k] >= 0.9 for k in GRADED_ATTRIBUTES), record["adherence"]["train"]
+    lecture = json.loads((Path(__file__).resolve().parents[1] / "nbs" / "07_training.ipynb").read_text())
+    assert any('record["adherence"][group]["all"] - 0.02' in "".join(c["source"]) for c in lecture["cells"])  # the check lives there now
 
 
 def test_training_leaves_the_callers_global_generator_alone(cache):
