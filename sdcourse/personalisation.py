@@ -174,6 +174,7 @@ def personalise(method,          # one of `METHODS`
                 config=None,     # a `TrainConfig`; None: the method's (`TEXTUAL_INVERSION_RECIPE` or `FINETUNE_RECIPE`, at its `LEARNING_RATES` rate)
                 *,
                 n_eval=100,      # prompts of each kind the result is measured on
+                n_prior=200,     # DreamBooth's class prior: the model's own samples for this many base captions
                 **changes):      # `TrainConfig` fields to change: `personalise("DreamBooth", steps=2)`; its `seed` picks the images and the samples too
     """Teach a fresh sdcourse-tiny the star with `method` from `n_images` images, then measure it: the grader on held-back star prompts and on
     base prompts (forgetting), KID of its stars to real ones (lecture 12), trainable numbers, file size and seconds."""
@@ -193,7 +194,7 @@ def personalise(method,          # one of `METHODS`
             finetune(pipe.unet, concept, c)
             file = save_lora(pipe.unet, tmp)
         else:  # the whole UNet; DreamBooth with its identifier and the model's own samples as the prior
-            cache = dreambooth_cache(pipe, concept, generated_prior(pipe)) if method == "DreamBooth" else concept
+            cache = dreambooth_cache(pipe, concept, generated_prior(pipe, n_prior)) if method == "DreamBooth" else concept
             trainable = sum(p.numel() for p in pipe.unet.parameters())
             finetune(pipe.unet, cache, c)
             file = save_weights(pipe.unet, Path(tmp) / "unet.safetensors")

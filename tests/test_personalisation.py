@@ -123,7 +123,7 @@ def test_shape_cache_holds_one_known_shape():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_of_the_shoot_out_runs_and_reports(method):
-    r = personalise(method, n_images=2, steps=2, n_eval=4)
+    r = personalise(method, n_images=2, steps=2, n_eval=4, n_prior=4)
     assert r["method"] == method and r["trainable"] > 0 and r["megabytes"] > 0 and r["seconds"] > 0
     assert set(r["concept"]) >= {"shape", "all"} and set(r["train"]) >= {"shape", "all"} and np.isfinite(r["kid"])
 

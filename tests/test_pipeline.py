@@ -100,7 +100,10 @@ def test_dataset_export(tmp_path, capsys):
     assert code == 0 and len(rows) == 5 and all("star" in r["text"] for r in rows)
 
 
-def test_train_vae_and_train(tmp_path, capsys):
+def test_train_vae_and_train(tmp_path, capsys, monkeypatch):
+    import sdcourse.vae
+    real = sdcourse.vae.heldout_images
+    monkeypatch.setattr(sdcourse.vae, "heldout_images", lambda n=500: real(8))  # the command's plumbing, not its 1,000-image evaluation
     code, out, _ = run(["train-vae", str(tmp_path / "vae"), "--steps", "2", "--n-images", "20"], capsys)
     assert code == 0 and (tmp_path / "vae" / "config.json").exists() and "reconstruction MSE" in out
     code, out, _ = run(["train", str(tmp_path / "tiny"), "--steps", "2", "--n-images", "16", "--n-eval", "2"], capsys)
