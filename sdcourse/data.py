@@ -258,7 +258,8 @@ def read_caption(caption):
     if {"horizontal", "vertical", "middle"} & found.keys():  # half a position, or a mixed one ("middle left"): it names none of the five
         for kind in ("horizontal", "vertical", "middle"): found.pop(kind, None)
         ignored += placed
-    return found, list(dict.fromkeys(ignored))
+    order = ("colour", "shape", "position", "size", "background")  # as the grader reports them, whatever order the caption names them in
+    return {k: found[k] for k in order if k in found}, list(dict.fromkeys(ignored))
 
 def parse_caption(caption):
     """The attributes a course caption names, as a dict (any of colour, shape, position, size and background), words that name none
