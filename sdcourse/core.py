@@ -6,14 +6,14 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 
 # %% auto #0
 __all__ = ['DEVICE_KINDS', 'PICKLE_SUFFIXES', 'MANIFEST', 'DIFFUSION_FIELDS', 'check_int', 'check_number', 'check_choice',
-           'UsageError', 'available_devices', 'get_device', 'seed_everything', 'seeded', 'make_generator',
-           'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed', 'signed_to_unit', 'image_row', 'show_images',
-           'rendering_page', 'progress', 'cache_dir', 'results_path', 'quiet_libraries', 'temporary_sibling',
-           'new_file_mode', 'publish', 'atomic_file', 'write_json', 'training_record', 'save_tensors', 'save_weights',
-           'read_safetensors', 'load_weights', 'weight_files', 'check_safetensors_folder', 'load_pretrained',
-           'config_dir', 'write_manifest', 'read_manifest', 'foreign_files', 'manifest_kind', 'missing_files',
-           'check_output_folder', 'replace_folder', 'save_pretrained_atomic', 'shipped_path', 'TrainConfig',
-           'make_recipe', 'recipe_arguments']
+           'UsageError', 'process_count', 'is_main_process', 'check_one_process', 'available_devices', 'get_device',
+           'seed_everything', 'seeded', 'make_generator', 'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed',
+           'signed_to_unit', 'image_row', 'show_images', 'rendering_page', 'progress', 'cache_dir', 'results_path',
+           'quiet_libraries', 'temporary_sibling', 'new_file_mode', 'publish', 'atomic_file', 'write_json',
+           'training_record', 'save_tensors', 'save_weights', 'read_safetensors', 'load_weights', 'weight_files',
+           'check_safetensors_folder', 'load_pretrained', 'config_dir', 'write_manifest', 'read_manifest',
+           'foreign_files', 'manifest_kind', 'missing_files', 'check_output_folder', 'replace_folder',
+           'save_pretrained_atomic', 'shipped_path', 'TrainConfig', 'make_recipe', 'recipe_arguments']
 
 # %% ../nbs/00_core.ipynb #1f46a43a
 import dataclasses, json, os, random, shutil, time
@@ -57,6 +57,20 @@ def check_choice(name, value, choices):
 class UsageError(ValueError):
     """A request that asks for something that cannot work, or for an option that would change nothing: the `sdcourse` command
     answers it as argparse answers a malformed command line (exit 2), before any work starts; the library raises it as a ValueError."""
+
+# %% ../nbs/00_core.ipynb #1f490cd1
+def process_count():
+    "How many processes run this program together: 1, or N under `accelerate launch --num_processes N` or `torchrun --nproc_per_node N`."
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+def is_main_process():
+    "Whether this process is the one that writes outputs: the only one, or process 0 of N."
+    return int(os.environ.get("RANK", "0")) == 0
+
+def check_one_process(what):
+    "Refuse to run `what` as one of several processes: it has no data parallelism, so each process would train the same thing and write the same file."
+    if process_count() > 1:
+        raise UsageError(f"{what} trains in one process, but this is one of {process_count()} (accelerate launch or torchrun); run it on its own")
 
 # %% ../nbs/00_core.ipynb #6e1c15b0
 DEVICE_KINDS = ("cpu", "cuda", "mps")
@@ -192,7 +206,8 @@ def rendering_page():
 def progress(iterable=None, total=None, desc=None, leave=True, **kwargs):
     "A `tqdm.auto` progress bar; silenced by `SDCOURSE_PROGRESS=0`, and on a page being rendered."
     from tqdm.auto import tqdm
-    disable = os.environ.get("SDCOURSE_PROGRESS", "1") == "0" or rendering_page()
+    asked = kwargs.pop("disable", False)  # the caller's own reason (not the main process, say)
+    disable = asked or os.environ.get("SDCOURSE_PROGRESS", "1") == "0" or rendering_page()
     return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, **kwargs)
 
 def cache_dir(*parts):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .core import (TrainConfig, check_choice, check_int, make_recipe, pil_to_tensor, progress, read_safetensors, save_tensors,
+from .core import (TrainConfig, check_choice, check_int, check_one_process, make_recipe, pil_to_tensor, progress, read_safetensors, save_tensors,
                            save_weights, seeded, unit_to_signed)
 from .data import SHAPES, check_imagefolder, course_dataset, eval_prompts, make_example
 from .evaluation import image_features, kid, real_images
@@ -79,6 +79,7 @@ def textual_inversion(pipe,                 # sdcourse-tiny (or any Stable Diffu
     use `token`) with Algorithm 1's loss through the frozen text encoder and UNet. Returns `(vector [D], history)`; `pipe` keeps the word."""
     c = make_recipe(config, TEXTUAL_INVERSION_RECIPE, ("warmup", "weight_decay", "max_grad_norm", "ema_decay", "grad_accum", "mixed_precision", "min_snr_gamma"),
                     "textual_inversion", **changes)
+    check_one_process("textual_inversion")  # its own loop, without data parallelism
     if not any(token in c for c in cache["captions"]):
         raise ValueError(f"no caption in the cache uses the token {token!r}; write it where the concept's name goes (e.g. 'a red {token}')")
     row = add_token(pipe.text_encoder, pipe.tokenizer, token, init_word)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from . import __version__
-from .core import (UsageError, atomic_file, check_choice, check_output_folder, get_device, load_pretrained, pil_to_tensor, quiet_libraries,
+from .core import (UsageError, atomic_file, check_choice, check_output_folder, is_main_process, get_device, load_pretrained, pil_to_tensor, quiet_libraries,
                            replace_folder, save_pretrained_atomic, shipped_path, unit_to_signed)
 from .data import SPLITS, check_imagefolder, export_imagefolder, grade, load_imagefolder, unknown_caption_words
 from .img2img import img2img, inpaint
@@ -462,6 +462,7 @@ def _run_train(args):
     checkpoint = Path(args.output).with_name(Path(args.output).name + "-checkpoint.safetensors")
     _, record = train_course_unet(steps=args.steps, n_images=args.n_images, seed=args.seed, out=args.output, eval_every=None, n_eval=args.n_eval,
                                   checkpoint=checkpoint, device=args.device, overwrite=args.overwrite)
+    if record is None: return  # one of several processes (accelerate launch): the main one reports
     print(f"{args.output}: adherence on training prompts {record['adherence']['train']['all']:.2f}, held-out {record['adherence']['heldout']['all']:.2f}")
 
 def _run_adapt(args):
@@ -472,6 +473,7 @@ def _run_adapt(args):
     cache = adaptation_cache(pipe, args.images, args.seed)
     if args.command == "train-lora": add_lora(pipe.unet, r=args.rank, seed=args.seed)
     seconds, history = finetune(pipe.unet, cache, steps=args.steps, lr=args.lr, batch_size=min(20, len(cache["captions"])), seed=args.seed, device=args.device)
+    if not is_main_process(): return  # one of several processes (accelerate launch): the main one saves
     if args.command == "train-lora": path = replace_folder(args.output, lambda tmp: save_lora(pipe.unet, tmp), "lora", args.overwrite) / LORA_FILE
     else: path = save_pretrained_atomic(pipe.to("cpu"), args.output, args.overwrite)
     print(f"{path}: {args.steps} steps in {seconds:.0f} s, final loss {history[-1]['loss']:.4f}")
@@ -590,13 +592,14 @@ def cli_parser():
     p.add_argument("output", help="a new or empty folder: the tokenizer and text encoder go to OUTPUT/sdcourse-tiny, mini-CLIP to OUTPUT/mini-clip")
     p.add_argument("--steps", type=bounded(int, 1, 1_000_000), default=1500, help="training steps")
     p.add_argument("--n-images", type=bounded(int, 1, 100_000), default=10_000, help="training images")
-    p = add("train", "train sdcourse-tiny's UNet from scratch with the shipped VAE and text encoder (lecture 7)", [shared["device"], shared["seed"], shared["overwrite"]], _run_train)
+    p = add("train", "train sdcourse-tiny's UNet from scratch with the shipped VAE and text encoder (lecture 7); it runs unchanged on several "
+            "GPUs or machines under accelerate launch or torchrun (README: Train on several GPUs or machines)", [shared["device"], shared["seed"], shared["overwrite"]], _run_train)
     p.add_argument("output", help="a new or empty folder to save the whole pipeline to (a checkpoint beside it makes the same run resumable)")
     p.add_argument("--steps", type=bounded(int, 1, 1_000_000), default=3500, help="training steps")
     p.add_argument("--n-images", type=bounded(int, 1, 100_000), default=10_000, help="training images")
     p.add_argument("--n-eval", type=bounded(int, 1, 10_000), default=200, help="images generated per split to measure prompt adherence at the end")
-    for name, help, lr in (("finetune", "fine-tune the whole UNet on a few images (lecture 10)", 3e-4),
-                           ("train-lora", "train a LoRA on a few images (lecture 10)", 1e-2)):
+    for name, help, lr in (("finetune", "fine-tune the whole UNet on a few images (lecture 10); it runs unchanged under accelerate launch", 3e-4),
+                           ("train-lora", "train a LoRA on a few images (lecture 10); it runs unchanged under accelerate launch", 1e-2)):
         p = add(name, help, [shared[k] for k in SHARED], _run_adapt)
         p.add_argument("output", help="a new or empty folder to save to" + (" (pytorch_lora_weights.safetensors)" if name == "train-lora" else " (a whole pipeline)"))
         p.add_argument("--images", default=None, help=f"an imagefolder with metadata.csv (file_name,text), at most {MAX_ADAPT_IMAGES} images; default: the course's 20 star images")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (DIFFUSION_FIELDS, TrainConfig, cache_dir, check_output_folder, get_device, load_pretrained, make_generator,
+from .core import (DIFFUSION_FIELDS, TrainConfig, cache_dir, check_one_process, check_output_folder, get_device, load_pretrained, make_generator,
                            make_recipe, progress, recipe_arguments, save_pretrained_atomic, seeded, shipped_path, signed_to_unit, tensor_to_pil,
                            training_record)
 from .data import HELDOUT_PHRASINGS, SPLITS, dataset_images, dataset_tensors, eval_prompts, grade, make_caption, sample_attributes
@@ -211,6 +211,7 @@ def train_course_text_encoder(config=None,      # a `TrainConfig`; None: `MINI_C
     """Build the tokenizer, train mini-CLIP, and save the tokenizer, the text encoder and mini-CLIP with a training record.
     The recipe's `seed` draws the initial weights too. Existing folders are replaced only with `overwrite`, and only if sdcourse wrote them."""
     c = make_recipe(config, MINI_CLIP_RECIPE, DIFFUSION_FIELDS, "train_course_text_encoder", **changes)
+    check_one_process("train_course_text_encoder")  # no data parallelism here: N processes would write the same folders N times
     out = cache_dir("models") if out is None else Path(out)
     folders = [out / "sdcourse-tiny" / "tokenizer", out / "sdcourse-tiny" / "text_encoder", out / "mini-clip"]
     for folder in folders: check_output_folder(folder, overwrite)  # before the work, not after it

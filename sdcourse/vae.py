@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (DIFFUSION_FIELDS, TrainConfig, cache_dir, check_output_folder, get_device, load_pretrained, load_weights,
+from .core import (DIFFUSION_FIELDS, TrainConfig, cache_dir, check_one_process, check_output_folder, get_device, load_pretrained, load_weights,
                            make_generator, make_recipe, progress, read_safetensors, recipe_arguments, save_pretrained_atomic, save_weights, seeded,
                            shipped_path, training_record)
 from .data import dataset_images, heldout_images
@@ -229,6 +229,7 @@ def train_course_vae(config=None,       # a `TrainConfig`; None: `VAE_RECIPE`
     """Train the course's AutoencoderKL from scratch on all colours and shapes, set its scaling factor, and save it with a training record.
     The recipe's `seed` draws the initial weights too. An existing `out` is replaced only with `overwrite`, and only if sdcourse wrote it."""
     c = make_recipe(config, VAE_RECIPE, DIFFUSION_FIELDS, "train_course_vae", **changes)
+    check_one_process("train_course_vae")  # no data parallelism here: N processes would write one folder N times
     out = cache_dir("models") / "sdcourse-tiny-vae" if out is None else Path(out)
     check_output_folder(out, overwrite)  # before the work, not after it
     with seeded(c.seed): vae = make_vae()

@@ -44,3 +44,12 @@ def test_sampling_speed(tmp_path):
     from sdcourse.sampling import SCHEDULERS
     assert "| scheduler | images |" in out and [r["scheduler"] for r in record["rows"]] == list(SCHEDULERS)
     assert all(r["ours_s"] > 0 and r["pipeline_s"] > 0 for r in record["rows"])
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_on_the_cpu_and_says_so(tmp_path):
+    "Without CUDA the GPU benchmark runs sdcourse-tiny in float32 only, says that it measured no GPU, and still drives both widgets."
+    out, record = run("gpu.py", "--steps", "2", "--repeats", "1", tmp_path=tmp_path)
+    assert "no GPU" in out and record["full_size"] is False and [r["setup"] for r in record["rows"]] == ["float32 (SDPA)"]
+    assert record["rows"][0]["step_ms"] > 0 and record["rows"][0]["images_per_s"] > 0
+    assert "guidance widget drew 2 images" in out and "Figure(" not in out
