@@ -10,8 +10,8 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'Check
            'check_reparameterize', 'check_kl_divergence', 'check_kl_gaussians', 'check_contrastive_loss',
            'check_clip_pool', 'check_attention', 'check_split_heads', 'check_causal_mask', 'check_timestep_embedding',
            'check_training_loss', 'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps',
-           'check_lora_layer', 'check_hub_id', 'check_frechet_distance', 'check_keep_rows', 'check_zero_conv',
-           'check_consistency_scalings']
+           'check_paste_back', 'check_lora_layer', 'check_merge_conv_lora', 'check_hub_id', 'check_frechet_distance',
+           'check_keep_rows', 'check_zero_conv', 'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -530,6 +530,46 @@ def check_img2img_timesteps(img2img_timesteps):
     (n, s), o = next(((c, o) for o, c in zip(outputs, cases) if not (o.shape == expected(*c).shape and torch.equal(o, expected(*c)))))
     return CheckResult(name, False, f"for {n} steps at strength {s} it returned {o.tolist()}, expected {expected(n, s).tolist()}")
 
+# %% ../nbs/90_exercises.ipynb #e9a70b01
+def _paste_back(source, generated, mask):
+    "The reference: diffusers' `VaeImageProcessor.apply_overlay`, image by image, on 8-bit PIL images as the inpainting pipeline calls it."
+    from PIL import Image
+    from diffusers.image_processor import VaeImageProcessor
+    from sdcourse.core import pil_to_tensor, tensor_to_pil
+    overlay = VaeImageProcessor().apply_overlay
+    greys = [Image.fromarray((m[0] * 255).round().byte().numpy(), "L") for m in mask.detach().cpu().float()]  # [B, 1, H, W] -> B masks
+    return pil_to_tensor([overlay(m, s, g) for m, s, g in zip(greys, tensor_to_pil(source), tensor_to_pil(generated))])  # [B, 3, H, W]
+
+_PASTE_MISTAKES = (
+    (lambda s, g, m: s * m + g * (1 - m), "the mask is the wrong way round: white (1) marks what the model repainted, so keep the source where "
+     "the mask is black (0) and take the generated image where it is white"),
+    (lambda s, g, m: torch.where(m >= 0.5, g, s), "it thresholds the mask at 0.5, as the latent mask is; apply_overlay keeps the grey levels, "
+     "so a soft (feathered) edge blends the two images: source * (1 - mask) + generated * mask"),
+    (lambda s, g, m: torch.where(m > 0, g, s), "every pixel the mask touches comes from the generated image; a grey level blends the two: "
+     "source * (1 - mask) + generated * mask"),
+    (lambda s, g, m: g, "it returned the generated image unchanged; outside the mask the source's own pixels go back in"))
+
+def _paste_case():
+    "8-bit source and generated images [2, 3, 8, 8] (dark and light, so that every mistake shows) and a mask [2, 1, 8, 8] of five grey levels."
+    g = torch.Generator().manual_seed(0)
+    source, generated = torch.randint(0, 101, (2, 3, 8, 8), generator=g) / 255, torch.randint(155, 256, (2, 3, 8, 8), generator=g) / 255
+    mask = (torch.tensor([0, 64, 128, 191, 255]) / 255)[torch.randint(0, 5, (2, 1, 8, 8), generator=g)]
+    return source, generated, mask
+
+def check_paste_back(paste_back):
+    """Check the learner's `paste_back(source, generated, mask)`: source * (1 - mask) + generated * mask, images [B, 3, H, W] in [0, 1] and
+    a grey mask [B, 1, H, W] (1: repainted), against diffusers' `VaeImageProcessor.apply_overlay` (to 8-bit rounding)."""
+    name, (source, generated, mask) = "paste_back", _paste_case()
+    out, failed = _call(name, paste_back, (source.clone(), generated.clone(), mask.clone()), "paste_back(source, generated, mask) with "
+                        "source and generated of shape [2, 3, 8, 8] in [0, 1] and mask of shape [2, 1, 8, 8] (grey levels 0 to 1, 1: repainted)")
+    if failed is not None: return failed
+    mistakes = [(wrong(source, generated, mask), hint) for wrong, hint in _PASTE_MISTAKES]
+    return _compare(name, out, _paste_back(source, generated, mask), mistakes, atol=2 / 255)
+
+exercise(lecture="09_img2img", name="paste_back", checker=check_paste_back, reference=_paste_back,
+         library="diffusers.image_processor.VaeImageProcessor.apply_overlay", mistakes=_PASTE_MISTAKES,
+         used_by="lecture 9 pastes the 32 inpainted images back onto their sources with yours: nothing changes outside the mask, as with apply_overlay")
+
 # %% ../nbs/90_exercises.ipynb #2a70e2f3
 def check_lora_layer(lora_class):
     "Check the learner's `lora_class(base, r, alpha)`: W frozen, A [r, d_in] random, B [d_out, r] zero, y = base(x) + (alpha / r) B A x."
@@ -569,6 +609,47 @@ def _check_lora_layer(lora_class):
         return fail("gradients reach the frozen weight W: call base.requires_grad_(False) so that only A and B train")
     if layer.lora_A.grad is None or layer.lora_B.grad is None: return fail("A or B receives no gradient: make them nn.Parameter")
     return CheckResult(name, True, "frozen W, A random, B zero, and the scaled update all match")
+
+# %% ../nbs/90_exercises.ipynb #e10a7b01
+def _merge_conv_lora(weight, lora_A, lora_B, scale):
+    "The reference: peft's `merge()` of a LoRA `Conv2d` (its `get_delta_weight` added to the base weight) holding these weights."
+    from peft import LoraConfig, inject_adapter_in_model
+    r = lora_A.shape[0]
+    model = torch.nn.Sequential(torch.nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), bias=False))
+    layer = inject_adapter_in_model(LoraConfig(r=r, lora_alpha=scale * r, target_modules=["0"]), model)[0]  # peft's lora.Conv2d
+    with torch.no_grad():
+        for p, value in ((layer.base_layer.weight, weight), (layer.lora_A["default"].weight, lora_A), (layer.lora_B["default"].weight, lora_B)):
+            p.copy_(value)
+        layer.merge()
+    return layer.base_layer.weight.detach().clone()
+
+_update = lambda A, B: (B.flatten(1) @ A.flatten(1)).view(B.shape[0], *A.shape[1:])  # [out, r] @ [r, in * kh * kw] -> [out, in, kh, kw]
+
+def _centre_only(w, A, B, s):
+    merged = w.clone()
+    merged[:, :, w.shape[2] // 2, w.shape[3] // 2] += s * B.flatten(1) @ A[:, :, A.shape[2] // 2, A.shape[3] // 2]  # [out, r] @ [r, in]
+    return merged
+
+_CONV_LORA_MISTAKES = (
+    (lambda w, A, B, s: w + _update(A, B), "the update B A is not scaled by alpha / r (here `scale` = 2)"),
+    (lambda w, A, B, s: w + _update(A, B) / s, "the update is divided by the scale; multiply it: W' = W + (alpha / r) B A"),
+    (lambda w, A, B, s: s * _update(A, B), "it returned the update alone; the merged weight is the frozen one plus it: W' = W + (alpha / r) B A"),
+    (_centre_only, "only the kernel's centre tap is updated, as if A were a 1 x 1 convolution; A covers the whole 3 x 3 kernel: "
+     "read it as [r, in * kh * kw] and reshape B A back to [out, in, kh, kw]"))
+
+def check_merge_conv_lora(merge_conv_lora):
+    """Check the learner's `merge_conv_lora(weight, lora_A, lora_B, scale)`: a Conv2d weight [out, in, kh, kw] plus scale * B A, with
+    lora_A [r, in, kh, kw] and lora_B [out, r, 1, 1], against peft's merge of a LoRA `Conv2d`."""
+    name, g = "merge_conv_lora", torch.Generator().manual_seed(0)
+    weight, A, B = torch.randn(6, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g), torch.randn(6, 2, 1, 1, generator=g)
+    out, failed = _call(name, merge_conv_lora, (weight.clone(), A.clone(), B.clone(), 2.0), "merge_conv_lora(weight, lora_A, lora_B, "
+                        "scale=2.0) with weight [6, 4, 3, 3] (a 3 x 3 convolution 4 -> 6 channels), lora_A [2, 4, 3, 3] and lora_B [6, 2, 1, 1]")
+    if failed is not None: return failed
+    return _compare(name, out, _merge_conv_lora(weight, A, B, 2.0), [(wrong(weight, A, B, 2.0), hint) for wrong, hint in _CONV_LORA_MISTAKES], atol=1e-4)
+
+exercise(lecture="10_lora", name="merge_conv_lora", checker=check_merge_conv_lora, reference=_merge_conv_lora,
+         library="peft.tuners.lora.Conv2d (merge, get_delta_weight)", mistakes=_CONV_LORA_MISTAKES,
+         used_by="lecture 10 merges a LoRA on every ResBlock convolution of sdcourse-tiny's UNet with yours: same weights as peft's merge, same noise as the adapter")
 
 # %% ../nbs/90_exercises.ipynb #869f2ce6
 HUB_ID_CASES = (("stable-diffusion-v1-5/stable-diffusion-v1-5", True), ("sdcourse/sdcourse-tiny", True), ("sd-legacy/sd_1.5", True),
