@@ -78,6 +78,7 @@ class CrossAttentionProbe(nn.Module):
         logits = self.head(out).view(b, h, w)  # [B, h*w, 1] -> [B, h, w]
         return (logits, scores) if return_scores else logits
 
+# %% ../nbs/05_attention.ipynb #cbba8976
 @torch.no_grad()
 def make_probe_data(vae, text_encoder, tokenizer, n=1024, seed=0):
     "`n` pairs of course images side by side, their latents, a caption naming one object ('a red circle'), its encoding, and that object's mask at latent resolution."
@@ -103,6 +104,7 @@ def make_probe_data(vae, text_encoder, tokenizer, n=1024, seed=0):
                 latents=torch.cat([encode_images(vae, images[i:i + 256], sample=False) for i in range(0, n, 256)]).cpu(),
                 context=torch.cat([encode_prompts(text_encoder, tokenizer, captions[i:i + 256]) for i in range(0, n, 256)]).cpu())
 
+# %% ../nbs/05_attention.ipynb #fb96acdd
 def train_probe(probe, data, steps=600, batch_size=64, lr=3e-3, seed=0):
     "Fit the probe's per-position logits to the masks (binary cross-entropy on coverage); returns the losses."
     g, losses = torch.Generator().manual_seed(seed), []

@@ -331,6 +331,7 @@ def estimate_alpha(image):
     keep[max(ys.min() - 2, 0):ys.max() + 3, max(xs.min() - 2, 0):xs.max() + 3] = 1
     return bg, fg, alpha * keep
 
+# %% ../nbs/01_data.ipynb #285b751d
 def fit_shapes(alpha):
     "For each shape, `(soft IoU, cx, cy, d)` of that shape placed to match the area and centroid of `alpha`."
     n, area = alpha.shape[0], alpha.sum()
@@ -422,6 +423,7 @@ def export_imagefolder(path, n, split="train", seed=0, size=64, overwrite=False)
         if _spec(path) == spec and read_manifest(path) and not missing_files(path): return path
         raise
 
+# %% ../nbs/01_data.ipynb #ad70ad4d
 def check_imagefolder(path):
     """The rows `(file_name, text)` of the imagefolder at `path`, checked as `load_imagefolder` needs them, each mistake one line naming the
     file and the line: no folder or no metadata.csv, a header without file_name and text, a row of the wrong length, an image that is not there."""
@@ -458,6 +460,7 @@ def load_imagefolder(path, cache=None):
     finally:
         if not quiet: datasets.enable_progress_bars()  # as the caller had them
 
+# %% ../nbs/01_data.ipynb #7715cd6e
 def course_dataset(n, split="train", seed=0, size=64):
     "The course's standard path into training: export (once, cached) and load with `datasets`."
     phrasings = "+".join(p.replace(" ", "_") for p in CAPTION_PHRASINGS)  # the same images captioned in other families are another dataset

@@ -6,10 +6,11 @@ Docs: https://sdcourse.github.io/sdcourse/exercises.html.md"""
 
 # %% auto #0
 __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'CheckResult', 'use_yours', 'Exercise', 'exercise',
-           'reference', 'check_parse_caption', 'check_q_sample', 'check_rescale_zero_terminal_snr',
-           'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss', 'check_attention',
-           'check_split_heads', 'check_timestep_embedding', 'check_training_loss', 'check_guided_noise',
-           'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id', 'check_frechet_distance',
+           'reference', 'check_parse_caption', 'check_solidity', 'check_q_sample', 'check_rescale_zero_terminal_snr',
+           'check_reparameterize', 'check_kl_divergence', 'check_kl_gaussians', 'check_contrastive_loss',
+           'check_clip_pool', 'check_attention', 'check_split_heads', 'check_causal_mask', 'check_timestep_embedding',
+           'check_training_loss', 'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps',
+           'check_paste_back', 'check_lora_layer', 'check_merge_conv_lora', 'check_hub_id', 'check_frechet_distance',
            'check_keep_rows', 'check_zero_conv', 'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
@@ -127,6 +128,57 @@ def check_parse_caption(parse_caption):
         return CheckResult(name, False, f"for {caption!r} it returned {out}, expected {expected}")
     return CheckResult(name, True, f"matches the reference on {len(CAPTION_CASES)} captions in six phrasings")
 
+# %% ../nbs/90_exercises.ipynb #08f85b69
+def _pixel_corners(alpha):
+    "The covered pixels of `alpha` (>= 0.5) as the corners of their unit squares, points (x, y) [4n, 2], and their number n."
+    import numpy as np
+    ys, xs = np.nonzero(np.asarray(alpha) >= 0.5)  # pixel (row y, column x) covers [x, x + 1] x [y, y + 1]
+    return np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)]), len(xs)
+
+def _solidity(alpha):
+    "The reference: the number of covered pixels over the area of their convex hull, from scipy's ConvexHull (`volume` is the area in 2-D)."
+    from scipy.spatial import ConvexHull
+    corners, n = _pixel_corners(alpha)
+    return n / ConvexHull(corners).volume
+
+def _hull(points):
+    from scipy.spatial import ConvexHull
+    return ConvexHull(points)
+
+def _centres(alpha):
+    import numpy as np
+    ys, xs = np.nonzero(np.asarray(alpha) >= 0.5)
+    return np.stack([xs + 0.5, ys + 0.5], 1)  # [n, 2]
+
+_SOLIDITY_MISTAKES = (
+    (lambda a: _pixel_corners(a)[1] / _hull(_pixel_corners(a)[0]).area, "ConvexHull's `area` is the hull's perimeter in 2-D; its area is `volume`"),
+    (lambda a: _pixel_corners(a)[1] / _hull(_centres(a)).volume, "the hull runs through the pixels' centres and cuts half a pixel off all round "
+     "(a filled square scores above 1): build it from the four corners of every covered pixel"),
+    (lambda a: 1 / _solidity(a), "it is the hull's area over the shape's; solidity is the shape's area over its hull's, at most 1"),
+    (lambda a: float(a.sum()) / _hull(_pixel_corners(a)[0]).volume, "the area is the sum of alpha; count the pixels with alpha >= 0.5, "
+     "the same ones the hull is built from"),
+    (lambda a: _solidity(a > 0), "it counts every pixel with any coverage (alpha > 0), faint edges included; the shape is its pixels with alpha >= 0.5"))
+
+def _solidity_cases():
+    "Coverage maps [32, 32] of four course shapes (lecture 1's `shape_mask`), the square's edges on pixel edges: its solidity is exactly 1."
+    from sdcourse.data import shape_mask
+    return {s: shape_mask(s, 16, 16, 20, 32) for s in ("square", "triangle", "circle", "star")}
+
+def check_solidity(solidity):
+    """Check the learner's `solidity(alpha)`: the pixels with alpha >= 0.5 over the area of their convex hull (built from their corners),
+    as `scipy.spatial.ConvexHull(points).volume` measures it."""
+    name, cases, outs = "solidity", _solidity_cases(), []
+    for shape, alpha in cases.items():
+        out, failed = _call(name, solidity, (alpha.copy(),), f"solidity(alpha) with alpha the coverage of a {shape}, a float32 array [32, 32] in [0, 1]")
+        if failed is not None: return failed
+        try: outs.append(float(out))
+        except (TypeError, ValueError): return CheckResult(name, False, f"it returned a {type(out).__name__}; return one number")
+    over = lambda f: torch.tensor([float(f(a)) for a in cases.values()])  # [4]: one solidity per shape
+    return _compare(name, torch.tensor(outs), over(_solidity), [(over(wrong), hint) for wrong, hint in _SOLIDITY_MISTAKES], atol=1e-4)
+
+exercise(lecture="01_data", name="solidity", checker=check_solidity, reference=_solidity, library="scipy.spatial.ConvexHull", mistakes=_SOLIDITY_MISTAKES,
+         used_by="lecture 1 measures the solidity of the five course shapes and of a concave spark that the grader reads as a diamond")
+
 # %% ../nbs/90_exercises.ipynb #8fe099b1
 def check_q_sample(q_sample):
     "Check the learner's `q_sample(x0, t, noise, alpha_bar)`: x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) noise."
@@ -211,6 +263,43 @@ def check_kl_divergence(kl_divergence):
                 (0.5 * (mu ** 2 + logvar.exp() - logvar).flatten(1).sum(1), "the -1 inside the sum is missing (without it the KL of N(0, 1) to itself is not 0)")]
     return _compare(name, out, kl, mistakes, atol=1e-3)
 
+# %% ../nbs/90_exercises.ipynb #ccc66752
+def _kl_gaussians(mu1, logvar1, mu2, logvar2):
+    "The reference: torch.distributions' KL between two Normals, summed over each latent's elements, [B]."
+    D = torch.distributions
+    q1, q2 = D.Normal(mu1, (0.5 * logvar1).exp()), D.Normal(mu2, (0.5 * logvar2).exp())
+    return D.kl_divergence(q1, q2).flatten(1).sum(1)  # [B, C, h, w] -> [B]
+
+_kl_sum = lambda terms: 0.5 * terms.flatten(1).sum(1)  # [B, C, h, w] -> [B]
+_KL_GAUSSIANS_MISTAKES = (
+    (lambda m1, l1, m2, l2: _kl_gaussians(m2, l2, m1, l1), "it computes KL(q2 || q1): the KL divergence is not symmetric; KL(q1 || q2) is "
+     "the average of log(q1 / q2) under q1, so sigma2^2 divides"),
+    (lambda m1, l1, m2, l2: _kl_sum(l2 - l1 + l1.exp() / l2.exp() + (m1 - m2) ** 2 - 1), "(mu1 - mu2)^2 is not divided by sigma2^2: "
+     "a difference of means counts in units of the second distribution's spread"),
+    (lambda m1, l1, m2, l2: _kl_sum(l1 - l2 + (l1.exp() + (m1 - m2) ** 2) / l2.exp() - 1), "the log-ratio has the wrong sign: "
+     "log(sigma2^2 / sigma1^2) = logvar2 - logvar1"),
+    (lambda m1, l1, m2, l2: 2 * _kl_gaussians(m1, l1, m2, l2), "the factor 1/2 is missing"),
+    (lambda m1, l1, m2, l2: _kl_sum(l2 - l1 + (l1.exp() + (m1 - m2) ** 2) / l2.exp()), "the -1 inside the sum is missing "
+     "(without it the KL of a distribution to itself is not 0)"))
+
+def check_kl_gaussians(kl_gaussians):
+    """Check the learner's `kl_gaussians(mu1, logvar1, mu2, logvar2)`: KL(N(mu1, sigma1^2) || N(mu2, sigma2^2)) summed over each latent's
+    elements, shape [B], as `torch.distributions.kl_divergence` between two `Normal`s."""
+    name, (mu1, logvar1, mu2) = "kl_gaussians", _vae_inputs()
+    logvar2 = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.5  # [4, 4, 8, 8], as the other three
+    args = (mu1, logvar1, mu2, logvar2)
+    out, failed = _call(name, kl_gaussians, args, "kl_gaussians(mu1, logvar1, mu2, logvar2) with four tensors of shape [4, 4, 8, 8]")
+    if failed is not None: return failed
+    per_element = 0.5 * (logvar2 - logvar1 + (logvar1.exp() + (mu1 - mu2) ** 2) / logvar2.exp() - 1)
+    if isinstance(out, torch.Tensor) and out.shape == mu1.shape and torch.allclose(out.float(), per_element, atol=1e-4):
+        return CheckResult(name, False, "the per-element terms are right; sum them over every dimension but the batch, one number per image")
+    return _compare(name, out, _kl_gaussians(*args), [(wrong(*args), hint) for wrong, hint in _KL_GAUSSIANS_MISTAKES], atol=1e-3)
+
+exercise(lecture="03_vae", name="kl_gaussians", checker=check_kl_gaussians, reference=_kl_gaussians,
+         library="torch.distributions.kl_divergence", mistakes=_KL_GAUSSIANS_MISTAKES,
+         used_by="lecture 3 recovers its own kl_divergence as the case N(0, I), then measures how far apart the shipped VAE's posteriors "
+                 "of course images are (a colour changed against a shape changed)")
+
 # %% ../nbs/90_exercises.ipynb #96ca2cab
 def check_contrastive_loss(contrastive_loss):
     "Check the learner's `contrastive_loss(logits_per_text)`: the mean of the two cross-entropies (texts -> images, images -> texts), labels on the diagonal."
@@ -227,6 +316,47 @@ def check_contrastive_loss(contrastive_loss):
                 ((ce(logits, torch.zeros(6, dtype=torch.long)) + ce(logits.T, torch.zeros(6, dtype=torch.long))) / 2,
                  "every caption's label is 0; caption i belongs with image i, so labels = torch.arange(n)")]
     return _compare(name, out, (texts + images) / 2, mistakes)
+
+# %% ../nbs/90_exercises.ipynb #cdfea35a
+def _clip_pool(last_hidden_state, input_ids, eos_token_id):
+    "The reference: each row's hidden state at its first end-of-text token, as transformers' CLIPTextModel pools ([B, n, d] -> [B, d])."
+    first = (input_ids == eos_token_id).int().argmax(-1)  # [B]: argmax gives the first of equal maxima
+    return last_hidden_state[torch.arange(len(input_ids)), first]
+
+_rows = lambda ids: torch.arange(len(ids))
+_POOL_MISTAKES = (
+    (lambda h, ids, eos: h[:, -1], "it takes the last position, which is padding; CLIP pools at each prompt's first end-of-text token"),
+    (lambda h, ids, eos: h[:, 0], "it takes the start token, which under the causal mask has seen only itself; CLIP pools at the end-of-text "
+     "token, the first position that has read the whole prompt"),
+    (lambda h, ids, eos: h.mean(1), "it averages every position, padding included; CLIP takes the one vector at each prompt's first end-of-text token"),
+    (lambda h, ids, eos: h[_rows(ids), ids.argmax(-1)], "it takes the position of the largest id, OpenAI's original shortcut, right only while the "
+     "end token has the largest id (an added word has a larger one): look for the first position equal to eos_token_id"),
+    (lambda h, ids, eos: h[_rows(ids), (ids == eos).int().argmax(-1) - 1], "it takes the last word before the end-of-text token; "
+     "CLIP pools the end-of-text token itself"))
+
+def _pool_case():
+    "A small random CLIPTextModel's (last_hidden_state, pooler_output) on padded ids [3, 12], the ids, and its end token, 49 (ids 50-55: added words)."
+    from transformers import CLIPTextConfig, CLIPTextModel
+    bos, eos, n = 48, 49, 12
+    config = CLIPTextConfig(vocab_size=56, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            max_position_embeddings=n, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    with seeded(0): model = CLIPTextModel(config).eval()
+    words = ([5, 9, 52], [7], [3, 4, 53, 6, 8, 9, 10, 11, 12, 13])  # the last fills all 12 positions: no padding
+    ids = torch.tensor([[bos, *w, eos] + [eos] * (n - 2 - len(w)) for w in words])  # [3, 12], padded with the end token
+    with torch.no_grad(): out = model(input_ids=ids)
+    return out.last_hidden_state, out.pooler_output, ids, eos
+
+def check_clip_pool(clip_pool):
+    """Check the learner's `clip_pool(last_hidden_state, input_ids, eos_token_id)`: each row's hidden state at its first end-of-text token,
+    [B, n, d] -> [B, d], against transformers' `CLIPTextModel(...).pooler_output`."""
+    name, (h, pooled, ids, eos) = "clip_pool", _pool_case()
+    out, failed = _call(name, clip_pool, (h.clone(), ids.clone(), eos), "clip_pool(last_hidden_state, input_ids, eos_token_id) with "
+                        "last_hidden_state [3, 12, 16], input_ids [3, 12] (padded with the end token) and eos_token_id=49")
+    if failed is not None: return failed
+    return _compare(name, out, pooled, [(wrong(h, ids, eos), hint) for wrong, hint in _POOL_MISTAKES])
+
+exercise(lecture="04_text", name="clip_pool", checker=check_clip_pool, reference=_clip_pool, library="transformers.CLIPTextModel (pooler_output)",
+         mistakes=_POOL_MISTAKES, used_by="lecture 4 turns mini-CLIP's hidden states into its text embeddings (get_text_features) and CLIP scores with yours")
 
 # %% ../nbs/90_exercises.ipynb #0babc9e2
 def check_attention(attention):
@@ -251,6 +381,45 @@ def check_split_heads(split_heads):
     mistakes = [(x.view(2, 4, 3, 2), "reshaping straight to [B, heads, n, d] mixes positions into heads; view as [B, n, heads, d], then transpose(1, 2)"),
                 (x.view(2, 3, 2, 4).permute(0, 3, 1, 2), "the features are split the wrong way round: view as [B, n, heads, d] (heads first), not [B, n, d, heads]")]
     return _compare(name, out, x.view(2, 3, 4, 2).transpose(1, 2), mistakes)
+
+# %% ../nbs/90_exercises.ipynb #8b3229ea
+def _causal_mask(n):
+    "The reference: 0 on and below the diagonal, -inf above it, [n, n]: the mask `scaled_dot_product_attention(..., is_causal=True)` applies."
+    return torch.full((n, n), float("-inf")).triu(diagonal=1)
+
+def _masked_attention(q, k, v, mask):
+    "softmax(q k^T / sqrt(d) + mask) v: q, k, v [B, heads, n, d], mask [n, n] added to every head's scores."
+    return (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + mask).softmax(-1) @ v  # [B, heads, n, n] @ [B, heads, n, d]
+
+_CAUSAL_MISTAKES = (
+    (lambda n: torch.full((n, n), float("-inf")).tril(diagonal=-1), "it hides the past and shows the future: -inf belongs above the "
+     "diagonal (key j > query i), e.g. torch.full((n, n), float('-inf')).triu(diagonal=1)"),
+    (lambda n: torch.full((n, n), float("-inf")).triu(diagonal=0), "the diagonal is masked too: a position must see itself (the first one "
+     "would see nothing at all, and give NaN); use triu(diagonal=1)"),
+    (lambda n: torch.ones(n, n).tril(), "a 0/1 mask added to the scores hides nothing (it adds 1 to what may be seen); put 0 where "
+     "attention is allowed and -inf where it is not"),
+    (lambda n: torch.zeros(n, n), "it masks nothing: every position sees the whole sequence (bidirectional, as the VAE's and the UNet's "
+     "attention are); put -inf above the diagonal"),
+    (lambda n: torch.ones(n, n, dtype=torch.bool).tril(), "it returned a boolean mask (True where attention is allowed, SDPA's own "
+     "convention); return the additive one, added to the scores: 0 where allowed, -inf where not"))
+
+def check_causal_mask(causal_mask):
+    """Check the learner's `causal_mask(n)`: an additive mask [n, n], 0 where position i may attend to j <= i and -inf above the diagonal,
+    by running attention with it against `torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)`."""
+    name, g, n = "causal_mask", torch.Generator().manual_seed(0), 6
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g) for _ in range(3))  # [B, heads, n, d]
+    mask, failed = _call(name, causal_mask, (n,), f"causal_mask(n={n}), which returns a [{n}, {n}] tensor")
+    if failed is not None: return failed
+    if not isinstance(mask, torch.Tensor): return CheckResult(name, False, f"it returned a {type(mask).__name__}; return a torch.Tensor [n, n]")
+    if mask.dtype == torch.bool: return CheckResult(name, False, _CAUSAL_MISTAKES[-1][1])
+    if mask.shape != (n, n): return CheckResult(name, False, f"it returned shape {list(mask.shape)}, expected [{n}, {n}]: one row per query, one column per key")
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # [2, 3, n, 8]
+    mistakes = [(_masked_attention(q, k, v, wrong(n).float()), hint) for wrong, hint in _CAUSAL_MISTAKES[:-1]]
+    return _compare(name, _masked_attention(q, k, v, mask.float()), expected, mistakes)
+
+exercise(lecture="05_attention", name="causal_mask", checker=check_causal_mask, reference=_causal_mask,
+         library="torch.nn.functional.scaled_dot_product_attention (is_causal=True)", mistakes=_CAUSAL_MISTAKES,
+         used_by="lecture 5 runs the shipped CLIP text encoder's layers with this lecture's attention under your mask and gets transformers' output")
 
 # %% ../nbs/90_exercises.ipynb #8fad9690
 def check_timestep_embedding(timestep_embedding):
@@ -361,6 +530,46 @@ def check_img2img_timesteps(img2img_timesteps):
     (n, s), o = next(((c, o) for o, c in zip(outputs, cases) if not (o.shape == expected(*c).shape and torch.equal(o, expected(*c)))))
     return CheckResult(name, False, f"for {n} steps at strength {s} it returned {o.tolist()}, expected {expected(n, s).tolist()}")
 
+# %% ../nbs/90_exercises.ipynb #e9a70b01
+def _paste_back(source, generated, mask):
+    "The reference: diffusers' `VaeImageProcessor.apply_overlay`, image by image, on 8-bit PIL images as the inpainting pipeline calls it."
+    from PIL import Image
+    from diffusers.image_processor import VaeImageProcessor
+    from sdcourse.core import pil_to_tensor, tensor_to_pil
+    overlay = VaeImageProcessor().apply_overlay
+    greys = [Image.fromarray((m[0] * 255).round().byte().numpy(), "L") for m in mask.detach().cpu().float()]  # [B, 1, H, W] -> B masks
+    return pil_to_tensor([overlay(m, s, g) for m, s, g in zip(greys, tensor_to_pil(source), tensor_to_pil(generated))])  # [B, 3, H, W]
+
+_PASTE_MISTAKES = (
+    (lambda s, g, m: s * m + g * (1 - m), "the mask is the wrong way round: white (1) marks what the model repainted, so keep the source where "
+     "the mask is black (0) and take the generated image where it is white"),
+    (lambda s, g, m: torch.where(m >= 0.5, g, s), "it thresholds the mask at 0.5, as the latent mask is; apply_overlay keeps the grey levels, "
+     "so a soft (feathered) edge blends the two images: source * (1 - mask) + generated * mask"),
+    (lambda s, g, m: torch.where(m > 0, g, s), "every pixel the mask touches comes from the generated image; a grey level blends the two: "
+     "source * (1 - mask) + generated * mask"),
+    (lambda s, g, m: g, "it returned the generated image unchanged; outside the mask the source's own pixels go back in"))
+
+def _paste_case():
+    "8-bit source and generated images [2, 3, 8, 8] (dark and light, so that every mistake shows) and a mask [2, 1, 8, 8] of five grey levels."
+    g = torch.Generator().manual_seed(0)
+    source, generated = torch.randint(0, 101, (2, 3, 8, 8), generator=g) / 255, torch.randint(155, 256, (2, 3, 8, 8), generator=g) / 255
+    mask = (torch.tensor([0, 64, 128, 191, 255]) / 255)[torch.randint(0, 5, (2, 1, 8, 8), generator=g)]
+    return source, generated, mask
+
+def check_paste_back(paste_back):
+    """Check the learner's `paste_back(source, generated, mask)`: source * (1 - mask) + generated * mask, images [B, 3, H, W] in [0, 1] and
+    a grey mask [B, 1, H, W] (1: repainted), against diffusers' `VaeImageProcessor.apply_overlay` (to 8-bit rounding)."""
+    name, (source, generated, mask) = "paste_back", _paste_case()
+    out, failed = _call(name, paste_back, (source.clone(), generated.clone(), mask.clone()), "paste_back(source, generated, mask) with "
+                        "source and generated of shape [2, 3, 8, 8] in [0, 1] and mask of shape [2, 1, 8, 8] (grey levels 0 to 1, 1: repainted)")
+    if failed is not None: return failed
+    mistakes = [(wrong(source, generated, mask), hint) for wrong, hint in _PASTE_MISTAKES]
+    return _compare(name, out, _paste_back(source, generated, mask), mistakes, atol=2 / 255)
+
+exercise(lecture="09_img2img", name="paste_back", checker=check_paste_back, reference=_paste_back,
+         library="diffusers.image_processor.VaeImageProcessor.apply_overlay", mistakes=_PASTE_MISTAKES,
+         used_by="lecture 9 pastes the 32 inpainted images back onto their sources with yours: nothing changes outside the mask, as with apply_overlay")
+
 # %% ../nbs/90_exercises.ipynb #2a70e2f3
 def check_lora_layer(lora_class):
     "Check the learner's `lora_class(base, r, alpha)`: W frozen, A [r, d_in] random, B [d_out, r] zero, y = base(x) + (alpha / r) B A x."
@@ -400,6 +609,47 @@ def _check_lora_layer(lora_class):
         return fail("gradients reach the frozen weight W: call base.requires_grad_(False) so that only A and B train")
     if layer.lora_A.grad is None or layer.lora_B.grad is None: return fail("A or B receives no gradient: make them nn.Parameter")
     return CheckResult(name, True, "frozen W, A random, B zero, and the scaled update all match")
+
+# %% ../nbs/90_exercises.ipynb #e10a7b01
+def _merge_conv_lora(weight, lora_A, lora_B, scale):
+    "The reference: peft's `merge()` of a LoRA `Conv2d` (its `get_delta_weight` added to the base weight) holding these weights."
+    from peft import LoraConfig, inject_adapter_in_model
+    r = lora_A.shape[0]
+    model = torch.nn.Sequential(torch.nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), bias=False))
+    layer = inject_adapter_in_model(LoraConfig(r=r, lora_alpha=scale * r, target_modules=["0"]), model)[0]  # peft's lora.Conv2d
+    with torch.no_grad():
+        for p, value in ((layer.base_layer.weight, weight), (layer.lora_A["default"].weight, lora_A), (layer.lora_B["default"].weight, lora_B)):
+            p.copy_(value)
+        layer.merge()
+    return layer.base_layer.weight.detach().clone()
+
+_update = lambda A, B: (B.flatten(1) @ A.flatten(1)).view(B.shape[0], *A.shape[1:])  # [out, r] @ [r, in * kh * kw] -> [out, in, kh, kw]
+
+def _centre_only(w, A, B, s):
+    merged = w.clone()
+    merged[:, :, w.shape[2] // 2, w.shape[3] // 2] += s * B.flatten(1) @ A[:, :, A.shape[2] // 2, A.shape[3] // 2]  # [out, r] @ [r, in]
+    return merged
+
+_CONV_LORA_MISTAKES = (
+    (lambda w, A, B, s: w + _update(A, B), "the update B A is not scaled by alpha / r (here `scale` = 2)"),
+    (lambda w, A, B, s: w + _update(A, B) / s, "the update is divided by the scale; multiply it: W' = W + (alpha / r) B A"),
+    (lambda w, A, B, s: s * _update(A, B), "it returned the update alone; the merged weight is the frozen one plus it: W' = W + (alpha / r) B A"),
+    (_centre_only, "only the kernel's centre tap is updated, as if A were a 1 x 1 convolution; A covers the whole 3 x 3 kernel: "
+     "read it as [r, in * kh * kw] and reshape B A back to [out, in, kh, kw]"))
+
+def check_merge_conv_lora(merge_conv_lora):
+    """Check the learner's `merge_conv_lora(weight, lora_A, lora_B, scale)`: a Conv2d weight [out, in, kh, kw] plus scale * B A, with
+    lora_A [r, in, kh, kw] and lora_B [out, r, 1, 1], against peft's merge of a LoRA `Conv2d`."""
+    name, g = "merge_conv_lora", torch.Generator().manual_seed(0)
+    weight, A, B = torch.randn(6, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g), torch.randn(6, 2, 1, 1, generator=g)
+    out, failed = _call(name, merge_conv_lora, (weight.clone(), A.clone(), B.clone(), 2.0), "merge_conv_lora(weight, lora_A, lora_B, "
+                        "scale=2.0) with weight [6, 4, 3, 3] (a 3 x 3 convolution 4 -> 6 channels), lora_A [2, 4, 3, 3] and lora_B [6, 2, 1, 1]")
+    if failed is not None: return failed
+    return _compare(name, out, _merge_conv_lora(weight, A, B, 2.0), [(wrong(weight, A, B, 2.0), hint) for wrong, hint in _CONV_LORA_MISTAKES], atol=1e-4)
+
+exercise(lecture="10_lora", name="merge_conv_lora", checker=check_merge_conv_lora, reference=_merge_conv_lora,
+         library="peft.tuners.lora.Conv2d (merge, get_delta_weight)", mistakes=_CONV_LORA_MISTAKES,
+         used_by="lecture 10 merges a LoRA on every ResBlock convolution of sdcourse-tiny's UNet with yours: same weights as peft's merge, same noise as the adapter")
 
 # %% ../nbs/90_exercises.ipynb #869f2ce6
 HUB_ID_CASES = (("stable-diffusion-v1-5/stable-diffusion-v1-5", True), ("sdcourse/sdcourse-tiny", True), ("sd-legacy/sd_1.5", True),

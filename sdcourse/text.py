@@ -164,6 +164,7 @@ def train_mini_clip(clip,            # a `make_mini_clip` model
     clip.eval()
     return history
 
+# %% ../nbs/04_text.ipynb #1fdbdb87
 @torch.no_grad()
 def clip_embeddings(clip, tokenizer, images=None, prompts=None, batch_size=256):
     "Unit-length CLIP embeddings of images ([N, 3, H, W] in [-1, 1]) and/or prompts."
@@ -191,6 +192,7 @@ def encode_prompts(text_encoder, tokenizer, prompts):
     "The conditioning Stable Diffusion cross-attends to: the last hidden state, [B, 77, hidden_size]."
     return text_encoder(tokenize(tokenizer, prompts).to(text_encoder.device)).last_hidden_state
 
+# %% ../nbs/04_text.ipynb #3d59ab6d
 def retrieval_accuracy(clip, tokenizer, images, captions):
     "Top-1 retrieval both ways; a pick counts as right when the grader says the caption fits the image in every attribute."
     emb = clip_embeddings(clip, tokenizer, images, captions)
@@ -233,6 +235,7 @@ def train_course_text_encoder(config=None,      # a `TrainConfig`; None: `MINI_C
     save_pretrained_atomic(clip, folders[2], overwrite, {"training.json": json.dumps(record, indent=1)})
     return clip, tokenizer, record
 
+# %% ../nbs/04_text.ipynb #6165ae6d
 def load_text_encoder(path=None, device=None):
     "The course's trained CLIP text encoder and its tokenizer (or those under `path`, a Stable Diffusion-style folder): model first, as `load_mini_clip`."
     from transformers import CLIPTextModel, CLIPTokenizer

@@ -344,3 +344,18 @@ def test_what_cannot_wrap_scrolls_in_its_own_box(processed):
     rows = [(len(line), name) for name, md in markdown.items() for line in md.splitlines() if re.match(r"\s*\|.*\|\s*$", line)]
     assert max(rows)[0] > 100 and not re.search(r"<table", "\n".join(markdown.values())), "tables are markdown tables, which the rule boxes"
     assert yaml.safe_load((ROOT / "_quarto.yml").read_text())["format"]["html"]["lightbox"] == "auto"
+
+
+def test_the_index_starts_from_a_generated_picture():
+    """The course home opens with what the course builds: before any section, its first figure is a grid that sdcourse-tiny generates
+    (`load_sd`) and lecture 1's grader grades, then one line per lecture says which part of that call the lecture opens up."""
+    index = cells(NBS / "index.ipynb")
+    (first, cell), *_ = figure_cells(NBS / "index.ipynb")
+    alt = cell_options(cell.source).get("fig-alt", "")
+    assert "generated" in alt and "load_sd(" in cell.source and "grade(" in cell.source, f"the index's first figure is not a generated, graded grid: {alt!r}"
+    headings = [c.source for c in index[:first] if c.cell_type == "markdown" and re.search(r"^#{2,}\s", c.source, re.M)]
+    assert not headings, f"sections before the picture: {headings}"
+    after = next(c.source for c in index[first + 1:] if c.cell_type == "markdown")
+    lectures = {p.name[:2] for p in LECTURES if p.name < "90"}  # the numbered lectures, not the exercises and CLI pages
+    missing = lectures - set(re.findall(r"\]\((\d\d)_\w+\.ipynb\)", after))
+    assert not missing, f"the lines after the picture link no lecture {sorted(missing)}"
