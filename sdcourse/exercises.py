@@ -8,9 +8,9 @@ Docs: https://sdcourse.github.io/sdcourse/exercises.html.md"""
 __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'CheckResult', 'use_yours', 'Exercise', 'exercise',
            'reference', 'check_parse_caption', 'check_q_sample', 'check_rescale_zero_terminal_snr',
            'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss', 'check_attention',
-           'check_split_heads', 'check_timestep_embedding', 'check_training_loss', 'check_guided_noise',
-           'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id', 'check_frechet_distance',
-           'check_keep_rows', 'check_zero_conv', 'check_consistency_scalings']
+           'check_split_heads', 'check_timestep_embedding', 'check_up_resnet_channels', 'check_training_loss',
+           'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id',
+           'check_frechet_distance', 'check_keep_rows', 'check_zero_conv', 'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -268,6 +268,65 @@ def check_timestep_embedding(timestep_embedding):
                 (torch.cat([angles(1).cos(), angles(1).sin()], -1), "the exponent divides k by dim/2 - 1: that is the original DDPM code's convention (diffusers' downscale_freq_shift=1), not wrong in itself; Stable Diffusion divides by dim/2 (downscale_freq_shift=0), which this exercise asks for"),
                 (torch.cat([rising.cos(), rising.sin()], -1), "the frequencies grow with k; they must fall, w_k = 10000^(-k / (dim/2))")]
     return _compare(name, out, expected, mistakes)
+
+# %% ../nbs/90_exercises.ipynb #d6bd8bce
+_BUILT = {}  # (block_out_channels, layers_per_block) -> what diffusers built: each UNet is built once
+
+def _up_resnet_channels(block_out_channels, layers_per_block):
+    "The reference: the up blocks' ResBlocks of diffusers' `UNet2DConditionModel`, built from sdcourse-tiny's config with these sizes."
+    from sdcourse.unet import make_unet
+    key, n = (tuple(block_out_channels), tuple(layers_per_block)), len(block_out_channels)
+    if key in _BUILT: return [list(block) for block in _BUILT[key]]
+    unet = make_unet(block_out_channels=tuple(block_out_channels), layers_per_block=tuple(layers_per_block), norm_num_groups=math.gcd(*block_out_channels),
+                     down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n)  # convolutions only: the channels are the same
+    _BUILT[key] = [[(r.in_channels, r.out_channels) for r in block.resnets] for block in unet.up_blocks]
+    return [list(block) for block in _BUILT[key]]
+
+def _up_channels(block_out_channels, layers_per_block, reverse=True, extra=1, skip=True, last_skip_below=True, first_from_prev=True, flip_layers=True):
+    "The up path's channels, with switches that make the typical mistakes."
+    n = len(block_out_channels)
+    widths = block_out_channels[::-1] if reverse else block_out_channels
+    layers = layers_per_block[::-1] if flip_layers else layers_per_block
+    blocks = []
+    for i in range(n):
+        c_prev, c_out, c_below = widths[max(i - 1, 0)], widths[i], widths[min(i + 1, n - 1)]
+        k = layers[i] + extra
+        blocks.append([((c_prev if j == 0 and first_from_prev else c_out) + (0 if not skip else c_below if j == k - 1 and last_skip_below else c_out), c_out)
+                       for j in range(k)])
+    return blocks
+
+_UP_MISTAKES = (
+    (lambda c, l: _up_channels(c, l, skip=False), "no skip is concatenated: each up ResBlock reads torch.cat([h, skip]), so its input has h's channels plus the skip's"),
+    (lambda c, l: _up_channels(c, l, extra=0), "each up block has one ResBlock more than its down level (layers + 1): the down path leaves one more skip per level, "
+     "taken after its downsampler (or after conv_in)"),
+    (lambda c, l: _up_channels(c, l, reverse=False), "the up path runs the levels in reverse: the first up block works at the lowest resolution, with the last (widest) level's channels"),
+    (lambda c, l: _up_channels(c, l, last_skip_below=False), "the last ResBlock of each up block takes the skip the level below left (its downsampler's output, or conv_in's): "
+     "that skip has the next level down's channels, not this level's"),
+    (lambda c, l: _up_channels(c, l, first_from_prev=False), "the first ResBlock of an up block reads the previous up block's output (the middle block's, for the first): "
+     "its h has the previous level's channels"),
+    (lambda c, l: _up_channels(c, l, flip_layers=False), "layers_per_block counts the down levels in order; up block i mirrors down level n - 1 - i, so read it reversed"))
+
+_UP_CASES = (((32, 64, 64), (1, 1, 1)), ((16, 32, 48, 64), (1, 2, 3, 2)))  # sdcourse-tiny's sizes; four levels, each of its own width and depth
+
+def check_up_resnet_channels(up_resnet_channels):
+    """Check the learner's `up_resnet_channels(block_out_channels, layers_per_block)`: for each up block, the (in_channels, out_channels) of its
+    ResBlocks, as diffusers' `UNet2DConditionModel` builds them."""
+    name = "up_resnet_channels"
+    for channels, layers in _UP_CASES:
+        out, failed = _call(name, up_resnet_channels, (channels, layers), f"up_resnet_channels({channels}, {layers})")
+        if failed is not None: return failed
+        try: out = [[(int(a), int(b)) for a, b in block] for block in out]
+        except Exception: return CheckResult(name, False, "return one list per up block, each of (in_channels, out_channels) pairs, one per ResBlock")
+        expected = _up_resnet_channels(channels, layers)
+        if out == expected: continue
+        for wrong, hint in _UP_MISTAKES:
+            if wrong(channels, layers) == out: return CheckResult(name, False, f"for {channels}, {layers}: {hint}")
+        return CheckResult(name, False, f"for up_resnet_channels({channels}, {layers}) it returned {out}; diffusers builds {expected}")
+    return CheckResult(name, True, f"matches diffusers' UNet2DConditionModel for sdcourse-tiny's sizes and for {_UP_CASES[1][0]} with {_UP_CASES[1][1]} ResBlocks")
+
+exercise(lecture="06_unet", name="up_resnet_channels", checker=check_up_resnet_channels, reference=_up_resnet_channels,
+         library="diffusers.UNet2DConditionModel", mistakes=_UP_MISTAKES,
+         used_by="lecture 6 builds up blocks of the course's TimeResBlocks from your channels, one more ResBlock at 4x4, and loads diffusers' weights into them with strict=True")
 
 # %% ../nbs/90_exercises.ipynb #cad8eaa4
 def _training_inputs():
