@@ -9,8 +9,9 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'Check
            'reference', 'check_parse_caption', 'check_q_sample', 'check_rescale_zero_terminal_snr',
            'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss', 'check_attention',
            'check_split_heads', 'check_timestep_embedding', 'check_up_resnet_channels', 'check_training_loss',
-           'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id',
-           'check_frechet_distance', 'check_keep_rows', 'check_zero_conv', 'check_consistency_scalings']
+           'check_v_min_snr_weight', 'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps',
+           'check_lora_layer', 'check_hub_id', 'check_frechet_distance', 'check_keep_rows', 'check_zero_conv',
+           'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -270,17 +271,17 @@ def check_timestep_embedding(timestep_embedding):
     return _compare(name, out, expected, mistakes)
 
 # %% ../nbs/90_exercises.ipynb #d6bd8bce
-_BUILT = {}  # (block_out_channels, layers_per_block) -> what diffusers built: each UNet is built once
+_UP_BUILT = {}  # (block_out_channels, layers_per_block) -> what diffusers built: each UNet is built once
 
 def _up_resnet_channels(block_out_channels, layers_per_block):
     "The reference: the up blocks' ResBlocks of diffusers' `UNet2DConditionModel`, built from sdcourse-tiny's config with these sizes."
     from sdcourse.unet import make_unet
     key, n = (tuple(block_out_channels), tuple(layers_per_block)), len(block_out_channels)
-    if key in _BUILT: return [list(block) for block in _BUILT[key]]
+    if key in _UP_BUILT: return [list(block) for block in _UP_BUILT[key]]
     unet = make_unet(block_out_channels=tuple(block_out_channels), layers_per_block=tuple(layers_per_block), norm_num_groups=math.gcd(*block_out_channels),
                      down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n)  # convolutions only: the channels are the same
-    _BUILT[key] = [[(r.in_channels, r.out_channels) for r in block.resnets] for block in unet.up_blocks]
-    return [list(block) for block in _BUILT[key]]
+    _UP_BUILT[key] = [[(r.in_channels, r.out_channels) for r in block.resnets] for block in unet.up_blocks]
+    return [list(block) for block in _UP_BUILT[key]]
 
 def _up_channels(block_out_channels, layers_per_block, reverse=True, extra=1, skip=True, last_skip_below=True, first_from_prev=True, flip_layers=True):
     "The up path's channels, with switches that make the typical mistakes."
@@ -359,6 +360,39 @@ def check_training_loss(training_loss):
                 (loss(x_t=ab * x0 + (1 - ab) * noise), "x_t uses alpha_bar[t] and 1 - alpha_bar[t]; use their square roots"),
                 (loss(reduce=torch.sum), "the squared errors are summed; take their mean (F.mse_loss), so the loss does not grow with the batch")]
     return _compare(name, out, loss(), mistakes)
+
+# %% ../nbs/90_exercises.ipynb #2ffc1838
+def _v_min_snr_weight(alpha_bar, t, gamma):
+    "The reference: diffusers' `compute_snr` and the weight its train_text_to_image.py gives a v-predicting model."
+    from types import SimpleNamespace
+    from diffusers.training_utils import compute_snr
+    snr = compute_snr(SimpleNamespace(alphas_cumprod=torch.as_tensor(alpha_bar)), torch.as_tensor(t))  # [B]
+    return torch.stack([snr, gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0] / (snr + 1)
+
+_l7_snr = lambda ab, t: ab[t] / (1 - ab[t])  # [B]
+_V_MIN_SNR_MISTAKES = (
+    (lambda ab, t, g: _l7_snr(ab, t).clamp(max=g) / _l7_snr(ab, t), "that is the weight for an eps-predicting model (lecture 7's min_snr_weight); a v error is "
+     "the eps error divided by sqrt(alpha_bar_t), so divide min(SNR_t, gamma) by SNR_t + 1"),
+    (lambda ab, t, g: _l7_snr(ab, t).clamp(max=g), "min(SNR_t, gamma) alone weights an x0-predicting model; for v, divide it by SNR_t + 1"),
+    (lambda ab, t, g: _l7_snr(ab, t).clamp(min=g) / (_l7_snr(ab, t) + 1), "SNR_t is clamped from below; Min-SNR caps it from above: min(SNR_t, gamma)"),
+    (lambda ab, t, g: (ab[t] / (1 - ab[t])).sqrt().clamp(max=g) / ((ab[t] / (1 - ab[t])).sqrt() + 1),
+     "SNR_t is alpha_bar_t / (1 - alpha_bar_t), the ratio of the variances, not of the standard deviations"),
+    (lambda ab, t, g: _l7_snr(ab, t - 1).clamp(max=g) / (_l7_snr(ab, t - 1) + 1), "off by one: timestep t uses alpha_bar[t] (diffusers counts timesteps from 0)"))
+
+def check_v_min_snr_weight(v_min_snr_weight):
+    """Check the learner's `v_min_snr_weight(alpha_bar, t, gamma)`: min(SNR_t, gamma) / (SNR_t + 1) [B], as diffusers' train_text_to_image.py
+    weighs a v-predicting model's squared errors (with `diffusers.training_utils.compute_snr`)."""
+    name, alpha_bar, gamma = "v_min_snr_weight", NoiseSchedule.named("scaled_linear", device="cpu").alpha_bar, 5.0
+    t = torch.tensor([1, 10, 100, 146, 147, 300, 700, 999])  # SNR_t from 586 down to 0.005: above and below gamma
+    out, failed = _call(name, v_min_snr_weight, (alpha_bar.clone(), t, gamma), "v_min_snr_weight(alpha_bar, t, gamma=5.0) with alpha_bar of shape "
+                        "[1000] (SD's schedule) and t a long tensor of shape [8]")
+    if failed is not None: return failed
+    return _compare(name, out, _v_min_snr_weight(alpha_bar, t, gamma), [(wrong(alpha_bar, t, gamma), hint) for wrong, hint in _V_MIN_SNR_MISTAKES])
+
+exercise(lecture="07_training", name="v_min_snr_weight", checker=check_v_min_snr_weight, reference=_v_min_snr_weight,
+         library="diffusers.training_utils.compute_snr", mistakes=_V_MIN_SNR_MISTAKES,
+         used_by="lecture 7 trains a v-predicting UNet for a few steps with train_unet and a loss weighted by your function, and gets the losses of "
+                 "diffusers' train_text_to_image.py recipe (get_velocity, compute_snr)")
 
 # %% ../nbs/90_exercises.ipynb #4cca5ddf
 def check_guided_noise(guided_noise):
