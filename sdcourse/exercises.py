@@ -9,9 +9,9 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'Check
            'reference', 'check_parse_caption', 'check_q_sample', 'check_rescale_zero_terminal_snr',
            'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss', 'check_attention',
            'check_split_heads', 'check_timestep_embedding', 'check_up_resnet_channels', 'check_training_loss',
-           'check_v_min_snr_weight', 'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps',
-           'check_lora_layer', 'check_hub_id', 'check_frechet_distance', 'check_keep_rows', 'check_zero_conv',
-           'check_consistency_scalings']
+           'check_v_min_snr_weight', 'check_guided_noise', 'check_ddim_step', 'check_ddim_step_v',
+           'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id', 'check_frechet_distance', 'check_keep_rows',
+           'check_zero_conv', 'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -428,6 +428,54 @@ def check_ddim_step(ddim_step):
                 (step(ab[t], ab[prev_t], direction=lambda a: (1 - ab[t]).sqrt()), "the direction term re-noises to t; it must use sqrt(1 - alpha_bar[prev_t])"),
                 (step(ab[t], ab[prev_t], direction=lambda a: 0 * a), "the direction term sqrt(1 - alpha_bar[prev_t]) eps is missing: it re-noises x0 to prev_t")]
     return _compare(name, out, step(ab[t], ab[prev_t]), mistakes)
+
+# %% ../nbs/90_exercises.ipynb #188f2be9
+def _ddim_step_v(x_t, v, t, prev_t, alpha_bar):
+    "The reference: diffusers' `DDIMScheduler(prediction_type='v_prediction')`, eta = 0, on `alpha_bar`, from `t` to `prev_t` (its stride T // steps)."
+    from diffusers import DDIMScheduler
+    T, stride = len(alpha_bar), int(t) - int(prev_t)
+    s = DDIMScheduler(num_train_timesteps=T, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True)
+    s.alphas_cumprod, s.num_inference_steps = torch.as_tensor(alpha_bar).cpu(), T // stride  # diffusers' DDIM jumps T // steps
+    if T // s.num_inference_steps != stride: raise ValueError(f"diffusers' DDIM jumps T // steps timesteps; no step count jumps {stride} of {T}")
+    return s.step(v, int(t), x_t).prev_sample
+
+_l8_alpha_bar_at = lambda alpha_bar, t: alpha_bar[t] if t >= 0 else torch.tensor(1.0)  # past the last step: the clean image
+def _l8_v_step(x_t, v, t, prev_t, alpha_bar, x0=lambda x, v, a: a.sqrt() * x - (1 - a).sqrt() * v, eps=lambda x, v, a: a.sqrt() * v + (1 - a).sqrt() * x,
+            ab_prev=_l8_alpha_bar_at, renoise=True):
+    "DDIM's eta = 0 step from v, with switches that make the typical mistakes."
+    a, a_prev = alpha_bar[t], ab_prev(alpha_bar, prev_t)
+    x0_hat, eps_hat = x0(x_t, v, a), eps(x_t, v, a)
+    return a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps_hat if renoise else x0_hat
+
+_DDIM_V_MISTAKES = (
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, x0=lambda x, v, a: (x - (1 - a).sqrt() * v) / a.sqrt(), eps=lambda x, v, a: v),
+     "v is used as if it were the noise: a v-model's output is not eps; first recover x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v and "
+     "eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t"),
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, x0=lambda x, v, a: a.sqrt() * x + (1 - a).sqrt() * v),
+     "x0_hat adds v; subtract it: x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v"),
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, eps=lambda x, v, a: (1 - a).sqrt() * v + a.sqrt() * x),
+     "the noise's coefficients are swapped: eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t"),
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, renoise=False), "it returned x0_hat; re-noise it to prev_t: sqrt(alpha_bar_prev) x0 + sqrt(1 - alpha_bar_prev) eps"),
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, ab_prev=lambda ab, p: ab[p]), "at the last step prev_t < 0, and alpha_bar[prev_t] reads the end of "
+     "the schedule; past the last step nothing is left to remove: use alpha_bar_prev = 1 (lecture 8's alpha_bar_at; diffusers' set_alpha_to_one)"))
+
+def check_ddim_step_v(ddim_step_v):
+    "Check the learner's `ddim_step_v(x_t, v, t, prev_t, alpha_bar)`: DDIM's eta = 0 step for a v-predicting model, as diffusers' DDIMScheduler takes it."
+    name, g = "ddim_step_v", torch.Generator().manual_seed(0)
+    alpha_bar = NoiseSchedule.named("scaled_linear", device="cpu").alpha_bar
+    x_t, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t, prev_t in ((500, 450), (1, -49)):  # mid-schedule, and the last of 20 leading steps, past which nothing is left
+        out, failed = _call(name, ddim_step_v, (x_t.clone(), v.clone(), t, prev_t, alpha_bar.clone()), f"ddim_step_v(x_t, v, t={t}, prev_t={prev_t}, "
+                            "alpha_bar) with x_t and v of shape [2, 4, 8, 8] and alpha_bar of shape [1000]")
+        if failed is not None: return failed
+        verdict = _compare(name, out, _ddim_step_v(x_t, v, t, prev_t, alpha_bar), [(w(x_t, v, t, prev_t, alpha_bar), h) for w, h in _DDIM_V_MISTAKES])
+        if not verdict: return CheckResult(name, False, f"from t = {t} to prev_t = {prev_t}: {verdict.message}")
+    return CheckResult(name, True, "matches diffusers' DDIMScheduler(prediction_type='v_prediction') mid-schedule and at the last step")
+
+exercise(lecture="08_sampling", name="ddim_step_v", checker=check_ddim_step_v, reference=_ddim_step_v,
+         library="diffusers.DDIMScheduler", mistakes=_DDIM_V_MISTAKES,
+         used_by="lecture 8's sampling loop runs your step on sdcourse-tiny turned into a v-predictor, and draws the images of diffusers' "
+                 "DDIMScheduler(prediction_type='v_prediction') and of the noise-predicting DDIM")
 
 # %% ../nbs/90_exercises.ipynb #38d6ee61
 def check_img2img_timesteps(img2img_timesteps):
