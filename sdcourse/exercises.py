@@ -9,9 +9,10 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'Check
            'reference', 'check_parse_caption', 'check_solidity', 'check_q_sample', 'check_rescale_zero_terminal_snr',
            'check_reparameterize', 'check_kl_divergence', 'check_kl_gaussians', 'check_contrastive_loss',
            'check_clip_pool', 'check_attention', 'check_split_heads', 'check_causal_mask', 'check_timestep_embedding',
-           'check_training_loss', 'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps',
-           'check_paste_back', 'check_lora_layer', 'check_merge_conv_lora', 'check_hub_id', 'check_frechet_distance',
-           'check_keep_rows', 'check_zero_conv', 'check_consistency_scalings']
+           'check_up_resnet_channels', 'check_training_loss', 'check_v_min_snr_weight', 'check_guided_noise',
+           'check_ddim_step', 'check_ddim_step_v', 'check_img2img_timesteps', 'check_paste_back', 'check_lora_layer',
+           'check_merge_conv_lora', 'check_hub_id', 'check_frechet_distance', 'check_keep_rows', 'check_zero_conv',
+           'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -438,6 +439,65 @@ def check_timestep_embedding(timestep_embedding):
                 (torch.cat([rising.cos(), rising.sin()], -1), "the frequencies grow with k; they must fall, w_k = 10000^(-k / (dim/2))")]
     return _compare(name, out, expected, mistakes)
 
+# %% ../nbs/90_exercises.ipynb #d6bd8bce
+_UP_BUILT = {}  # (block_out_channels, layers_per_block) -> what diffusers built: each UNet is built once
+
+def _up_resnet_channels(block_out_channels, layers_per_block):
+    "The reference: the up blocks' ResBlocks of diffusers' `UNet2DConditionModel`, built from sdcourse-tiny's config with these sizes."
+    from sdcourse.unet import make_unet
+    key, n = (tuple(block_out_channels), tuple(layers_per_block)), len(block_out_channels)
+    if key in _UP_BUILT: return [list(block) for block in _UP_BUILT[key]]
+    unet = make_unet(block_out_channels=tuple(block_out_channels), layers_per_block=tuple(layers_per_block), norm_num_groups=math.gcd(*block_out_channels),
+                     down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n)  # convolutions only: the channels are the same
+    _UP_BUILT[key] = [[(r.in_channels, r.out_channels) for r in block.resnets] for block in unet.up_blocks]
+    return [list(block) for block in _UP_BUILT[key]]
+
+def _up_channels(block_out_channels, layers_per_block, reverse=True, extra=1, skip=True, last_skip_below=True, first_from_prev=True, flip_layers=True):
+    "The up path's channels, with switches that make the typical mistakes."
+    n = len(block_out_channels)
+    widths = block_out_channels[::-1] if reverse else block_out_channels
+    layers = layers_per_block[::-1] if flip_layers else layers_per_block
+    blocks = []
+    for i in range(n):
+        c_prev, c_out, c_below = widths[max(i - 1, 0)], widths[i], widths[min(i + 1, n - 1)]
+        k = layers[i] + extra
+        blocks.append([((c_prev if j == 0 and first_from_prev else c_out) + (0 if not skip else c_below if j == k - 1 and last_skip_below else c_out), c_out)
+                       for j in range(k)])
+    return blocks
+
+_UP_MISTAKES = (
+    (lambda c, l: _up_channels(c, l, skip=False), "no skip is concatenated: each up ResBlock reads torch.cat([h, skip]), so its input has h's channels plus the skip's"),
+    (lambda c, l: _up_channels(c, l, extra=0), "each up block has one ResBlock more than its down level (layers + 1): the down path leaves one more skip per level, "
+     "taken after its downsampler (or after conv_in)"),
+    (lambda c, l: _up_channels(c, l, reverse=False), "the up path runs the levels in reverse: the first up block works at the lowest resolution, with the last (widest) level's channels"),
+    (lambda c, l: _up_channels(c, l, last_skip_below=False), "the last ResBlock of each up block takes the skip the level below left (its downsampler's output, or conv_in's): "
+     "that skip has the next level down's channels, not this level's"),
+    (lambda c, l: _up_channels(c, l, first_from_prev=False), "the first ResBlock of an up block reads the previous up block's output (the middle block's, for the first): "
+     "its h has the previous level's channels"),
+    (lambda c, l: _up_channels(c, l, flip_layers=False), "layers_per_block counts the down levels in order; up block i mirrors down level n - 1 - i, so read it reversed"))
+
+_UP_CASES = (((32, 64, 64), (1, 1, 1)), ((16, 32, 48, 64), (1, 2, 3, 2)))  # sdcourse-tiny's sizes; four levels, each of its own width and depth
+
+def check_up_resnet_channels(up_resnet_channels):
+    """Check the learner's `up_resnet_channels(block_out_channels, layers_per_block)`: for each up block, the (in_channels, out_channels) of its
+    ResBlocks, as diffusers' `UNet2DConditionModel` builds them."""
+    name = "up_resnet_channels"
+    for channels, layers in _UP_CASES:
+        out, failed = _call(name, up_resnet_channels, (channels, layers), f"up_resnet_channels({channels}, {layers})")
+        if failed is not None: return failed
+        try: out = [[(int(a), int(b)) for a, b in block] for block in out]
+        except Exception: return CheckResult(name, False, "return one list per up block, each of (in_channels, out_channels) pairs, one per ResBlock")
+        expected = _up_resnet_channels(channels, layers)
+        if out == expected: continue
+        for wrong, hint in _UP_MISTAKES:
+            if wrong(channels, layers) == out: return CheckResult(name, False, f"for {channels}, {layers}: {hint}")
+        return CheckResult(name, False, f"for up_resnet_channels({channels}, {layers}) it returned {out}; diffusers builds {expected}")
+    return CheckResult(name, True, f"matches diffusers' UNet2DConditionModel for sdcourse-tiny's sizes and for {_UP_CASES[1][0]} with {_UP_CASES[1][1]} ResBlocks")
+
+exercise(lecture="06_unet", name="up_resnet_channels", checker=check_up_resnet_channels, reference=_up_resnet_channels,
+         library="diffusers.UNet2DConditionModel", mistakes=_UP_MISTAKES,
+         used_by="lecture 6 builds up blocks of the course's TimeResBlocks from your channels, one more ResBlock at 4x4, and loads diffusers' weights into them with strict=True")
+
 # %% ../nbs/90_exercises.ipynb #cad8eaa4
 def _training_inputs():
     g = torch.Generator().manual_seed(0)
@@ -469,6 +529,41 @@ def check_training_loss(training_loss):
                 (loss(x_t=ab * x0 + (1 - ab) * noise), "x_t uses alpha_bar[t] and 1 - alpha_bar[t]; use their square roots"),
                 (loss(reduce=torch.sum), "the squared errors are summed; take their mean (F.mse_loss), so the loss does not grow with the batch")]
     return _compare(name, out, loss(), mistakes)
+
+# %% ../nbs/90_exercises.ipynb #2ffc1838
+def _v_min_snr_weight(alpha_bar, t, gamma):
+    "The reference: diffusers' `compute_snr` and the weight its train_text_to_image.py gives a v-predicting model."
+    from types import SimpleNamespace
+    from diffusers.training_utils import compute_snr
+    snr = compute_snr(SimpleNamespace(alphas_cumprod=torch.as_tensor(alpha_bar)), torch.as_tensor(t))  # [B]
+    return torch.stack([snr, gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0] / (snr + 1)
+
+_l7_snr = lambda ab, t: ab[t] / (1 - ab[t])  # [B]
+_V_MIN_SNR_MISTAKES = (
+    (lambda ab, t, g: _l7_snr(ab, t).clamp(max=g) / _l7_snr(ab, t), "that is the weight for an eps-predicting model (lecture 7's min_snr_weight); a v error is "
+     "the eps error divided by sqrt(alpha_bar_t), so divide min(SNR_t, gamma) by SNR_t + 1"),
+    (lambda ab, t, g: _l7_snr(ab, t).clamp(max=g), "min(SNR_t, gamma) alone weights an x0-predicting model; for v, divide it by SNR_t + 1"),
+    (lambda ab, t, g: _l7_snr(ab, t).clamp(min=g) / (_l7_snr(ab, t) + 1), "SNR_t is clamped from below; Min-SNR caps it from above: min(SNR_t, gamma)"),
+    (lambda ab, t, g: (ab[t] / (1 - ab[t])).sqrt().clamp(max=g) / ((ab[t] / (1 - ab[t])).sqrt() + 1),
+     "SNR_t is alpha_bar_t / (1 - alpha_bar_t), the ratio of the variances, not of the standard deviations"),
+    (lambda ab, t, g: _l7_snr(ab, t - 1).clamp(max=g) / (_l7_snr(ab, t - 1) + 1), "off by one: timestep t uses alpha_bar[t] (diffusers counts timesteps from 0)"))
+
+def check_v_min_snr_weight(v_min_snr_weight):
+    """Check the learner's `v_min_snr_weight(alpha_bar, t, gamma)`: min(SNR_t, gamma) / (SNR_t + 1) [B], as diffusers' train_text_to_image.py
+    weighs a v-predicting model's squared errors (with `diffusers.training_utils.compute_snr`)."""
+    name, alpha_bar, gamma = "v_min_snr_weight", NoiseSchedule.named("scaled_linear", device="cpu").alpha_bar, 5.0
+    t = torch.tensor([1, 10, 100, 146, 147, 300, 700, 999])  # SNR_t from 586 down to 0.005: above and below gamma
+    out, failed = _call(name, v_min_snr_weight, (alpha_bar.clone(), t, gamma), "v_min_snr_weight(alpha_bar, t, gamma=5.0) with alpha_bar of shape "
+                        "[1000] (SD's schedule) and t a long tensor of shape [8]")
+    if failed is not None: return failed
+    verdict = _compare(name, out, _v_min_snr_weight(alpha_bar, t, gamma), [(wrong(alpha_bar, t, gamma), hint) for wrong, hint in _V_MIN_SNR_MISTAKES])
+    return CheckResult(name, True, "matches diffusers' compute_snr with the weight its train_text_to_image.py gives v-prediction, at 8 timesteps "
+                                   "on both sides of gamma") if verdict else verdict
+
+exercise(lecture="07_training", name="v_min_snr_weight", checker=check_v_min_snr_weight, reference=_v_min_snr_weight,
+         library="diffusers.training_utils.compute_snr", mistakes=_V_MIN_SNR_MISTAKES,
+         used_by="lecture 7 trains a v-predicting UNet for a few steps with train_unet and a loss weighted by your function, and gets the losses of "
+                 "diffusers' train_text_to_image.py recipe (get_velocity, compute_snr)")
 
 # %% ../nbs/90_exercises.ipynb #4cca5ddf
 def check_guided_noise(guided_noise):
@@ -504,6 +599,54 @@ def check_ddim_step(ddim_step):
                 (step(ab[t], ab[prev_t], direction=lambda a: (1 - ab[t]).sqrt()), "the direction term re-noises to t; it must use sqrt(1 - alpha_bar[prev_t])"),
                 (step(ab[t], ab[prev_t], direction=lambda a: 0 * a), "the direction term sqrt(1 - alpha_bar[prev_t]) eps is missing: it re-noises x0 to prev_t")]
     return _compare(name, out, step(ab[t], ab[prev_t]), mistakes)
+
+# %% ../nbs/90_exercises.ipynb #188f2be9
+def _ddim_step_v(x_t, v, t, prev_t, alpha_bar):
+    "The reference: diffusers' `DDIMScheduler(prediction_type='v_prediction')`, eta = 0, on `alpha_bar`, from `t` to `prev_t` (its stride T // steps)."
+    from diffusers import DDIMScheduler
+    T, stride = len(alpha_bar), int(t) - int(prev_t)
+    s = DDIMScheduler(num_train_timesteps=T, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True)
+    s.alphas_cumprod, s.num_inference_steps = torch.as_tensor(alpha_bar).cpu(), T // stride  # diffusers' DDIM jumps T // steps
+    if T // s.num_inference_steps != stride: raise ValueError(f"diffusers' DDIM jumps T // steps timesteps; no step count jumps {stride} of {T}")
+    return s.step(v, int(t), x_t).prev_sample
+
+_l8_alpha_bar_at = lambda alpha_bar, t: alpha_bar[t] if t >= 0 else torch.tensor(1.0)  # past the last step: the clean image
+def _l8_v_step(x_t, v, t, prev_t, alpha_bar, x0=lambda x, v, a: a.sqrt() * x - (1 - a).sqrt() * v, eps=lambda x, v, a: a.sqrt() * v + (1 - a).sqrt() * x,
+            ab_prev=_l8_alpha_bar_at, renoise=True):
+    "DDIM's eta = 0 step from v, with switches that make the typical mistakes."
+    a, a_prev = alpha_bar[t], ab_prev(alpha_bar, prev_t)
+    x0_hat, eps_hat = x0(x_t, v, a), eps(x_t, v, a)
+    return a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps_hat if renoise else x0_hat
+
+_DDIM_V_MISTAKES = (
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, x0=lambda x, v, a: (x - (1 - a).sqrt() * v) / a.sqrt(), eps=lambda x, v, a: v),
+     "v is used as if it were the noise: a v-model's output is not eps; first recover x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v and "
+     "eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t"),
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, x0=lambda x, v, a: a.sqrt() * x + (1 - a).sqrt() * v),
+     "x0_hat adds v; subtract it: x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v"),
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, eps=lambda x, v, a: (1 - a).sqrt() * v + a.sqrt() * x),
+     "the noise's coefficients are swapped: eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t"),
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, renoise=False), "it returned x0_hat; re-noise it to prev_t: sqrt(alpha_bar_prev) x0 + sqrt(1 - alpha_bar_prev) eps"),
+    (lambda x, v, t, p, ab: _l8_v_step(x, v, t, p, ab, ab_prev=lambda ab, p: ab[p]), "at the last step prev_t < 0, and alpha_bar[prev_t] reads the end of "
+     "the schedule; past the last step nothing is left to remove: use alpha_bar_prev = 1 (lecture 8's alpha_bar_at; diffusers' set_alpha_to_one)"))
+
+def check_ddim_step_v(ddim_step_v):
+    "Check the learner's `ddim_step_v(x_t, v, t, prev_t, alpha_bar)`: DDIM's eta = 0 step for a v-predicting model, as diffusers' DDIMScheduler takes it."
+    name, g = "ddim_step_v", torch.Generator().manual_seed(0)
+    alpha_bar = NoiseSchedule.named("scaled_linear", device="cpu").alpha_bar
+    x_t, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t, prev_t in ((500, 450), (1, -49)):  # mid-schedule, and the last of 20 leading steps, past which nothing is left
+        out, failed = _call(name, ddim_step_v, (x_t.clone(), v.clone(), t, prev_t, alpha_bar.clone()), f"ddim_step_v(x_t, v, t={t}, prev_t={prev_t}, "
+                            "alpha_bar) with x_t and v of shape [2, 4, 8, 8] and alpha_bar of shape [1000]")
+        if failed is not None: return failed
+        verdict = _compare(name, out, _ddim_step_v(x_t, v, t, prev_t, alpha_bar), [(w(x_t, v, t, prev_t, alpha_bar), h) for w, h in _DDIM_V_MISTAKES])
+        if not verdict: return CheckResult(name, False, f"from t = {t} to prev_t = {prev_t}: {verdict.message}")
+    return CheckResult(name, True, "matches diffusers' DDIMScheduler(prediction_type='v_prediction') mid-schedule and at the last step")
+
+exercise(lecture="08_sampling", name="ddim_step_v", checker=check_ddim_step_v, reference=_ddim_step_v,
+         library="diffusers.DDIMScheduler", mistakes=_DDIM_V_MISTAKES,
+         used_by="lecture 8's sampling loop runs your step on sdcourse-tiny turned into a v-predictor, and draws the images of diffusers' "
+                 "DDIMScheduler(prediction_type='v_prediction') and of the noise-predicting DDIM")
 
 # %% ../nbs/90_exercises.ipynb #38d6ee61
 def check_img2img_timesteps(img2img_timesteps):

@@ -193,7 +193,7 @@ def max_steps(scheduler):
         lo, hi = (mid, hi) if valid(mid) else (lo, mid)
     return lo
 
-# %% ../nbs/08_sampling.ipynb #49287b0d
+# %% ../nbs/08_sampling.ipynb #b36f3ad4
 def _check_prompts(prompt, negative_prompt):
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -210,15 +210,18 @@ def _check_prompts(prompt, negative_prompt):
                 raise ValueError(f"{name} holds the control character U+{ord(bad):04X} at position {text.index(bad)} of {text!r:.60}; remove it")
     return list(prompts), list(negatives)
 
+# %% ../nbs/08_sampling.ipynb #1c763174
 def image_side(pipe):
     "The side in pixels `pipe` draws unless told otherwise: the UNet's sample size times the VAE's downsampling factor (8 x 8 latents: 64 pixels)."
     return pipe.unet.config.sample_size * downsample_factor(pipe.vae)
 
+# %% ../nbs/08_sampling.ipynb #5f5a011e
 def _check_side(name, value, factor):
     if isinstance(value, bool) or not isinstance(value, int) or value < factor or value % factor:
         raise ValueError(f"{name} must be a positive multiple of {factor} (the VAE's downsampling factor), got {value!r}")
     return value
 
+# %% ../nbs/08_sampling.ipynb #d6feadec
 def unknown_words_message(tokenizer, prompts):
     "What to tell a user whose `prompts` use words `tokenizer` cuts into pieces (lecture 4), with the course's word where one was probably meant; None if none."
     unknown = list(dict.fromkeys(w for p in prompts for w in unknown_words(tokenizer, p)))
@@ -227,12 +230,14 @@ def unknown_words_message(tokenizer, prompts):
     named = ", ".join(f"{w!r} ({word_hint(w)})" if word_hint(w) else repr(w) for w in unknown)
     return f"this model's tokenizer cuts {named} into pieces: its text encoder never learned {them}, and the image may ignore {them}"
 
+# %% ../nbs/08_sampling.ipynb #94fd815b
 def prediction_target(scheduler):
     """What a model sampled by `scheduler` must predict: its config's `prediction_type` ('epsilon', 'v_prediction', 'sample'), or 'flow velocity'
     for a flow-matching scheduler (lecture 15), whose config has a `shift` and no prediction type. A model's own scheduler records how it was trained."""
     config = scheduler.config
     return config.get("prediction_type") or ("flow velocity" if "shift" in config else "epsilon")
 
+# %% ../nbs/08_sampling.ipynb #de2a2531
 def check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler):
     "Check what every sampling function takes (and warn about words the model never learned); returns (prompts, negatives, scheduler, steps)."
     prompts, negatives = _check_prompts(prompt, negative_prompt)
@@ -249,16 +254,19 @@ def check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, sched
     check_number("guidance_scale", guidance_scale, 0, meaning="0: unconditional, 1: conditional, > 1: guided")
     return prompts, negatives, scheduler, steps
 
+# %% ../nbs/08_sampling.ipynb #f7e0ea48
 def both_branches(guidance_scale):
     "Whether guidance needs both UNet passes: w = 1 is the conditional prediction alone, w = 0 the unconditional one."
     return guidance_scale not in (0, 1)
 
+# %% ../nbs/08_sampling.ipynb #8c5c7e01
 def text_context(pipe, prompts, negatives, guidance_scale):
     "What the UNet cross-attends to: [negatives; prompts] stacked for one batched call, or the one branch w = 0 or 1 needs."
     encode = lambda texts: encode_prompts(pipe.text_encoder, pipe.tokenizer, texts)
     if both_branches(guidance_scale): return torch.cat([encode(negatives), encode(prompts)])
     return encode(prompts if guidance_scale == 1 else negatives)
 
+# %% ../nbs/08_sampling.ipynb #e97a7141
 def denoise(pipe,                  # anything with a `unet`
             x,                     # the starting latents [B, C, h, w], already scaled for the scheduler
             timesteps,             # the timesteps to run, in order
@@ -284,6 +292,7 @@ def denoise(pipe,                  # anything with a `unet`
         if after_step is not None: x = after_step(i, t, x)
     return x
 
+# %% ../nbs/08_sampling.ipynb #1985682a
 @torch.no_grad()
 def to_images(vae, latents, output_type="pil"):
     "Decode scaled latents: PIL images ('pil'), a [B, 3, H, W] tensor in [0, 1] ('pt'), or the latents themselves ('latent')."
@@ -291,6 +300,7 @@ def to_images(vae, latents, output_type="pil"):
     images = decode_latents(vae, latents) / 2 + 0.5  # [B, 3, H, W] in [0, 1]
     return images if output_type == "pt" else tensor_to_pil(images)
 
+# %% ../nbs/08_sampling.ipynb #820bc5d2
 @torch.no_grad()
 def generate(pipe,                  # a pipeline, or anything with `unet`, `vae`, `text_encoder`, `tokenizer` and `scheduler`
              prompt,                # a str, or a list of str: one image each

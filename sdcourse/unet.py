@@ -103,7 +103,7 @@ class SpatialTransformer(nn.Module):
         for block in self.transformer_blocks: h = block(h, context)
         return x + self.proj_out(h.transpose(1, 2).reshape(b, c, height, width))  # tokens back to [B, C, H, W]
 
-# %% ../nbs/06_unet.ipynb #d87003f6
+# %% ../nbs/06_unet.ipynb #78946a4e
 class Downsample(nn.Module):
     "Halve the resolution with a stride-2 3x3 convolution."
     def __init__(self, channels):
@@ -112,6 +112,7 @@ class Downsample(nn.Module):
 
     def forward(self, x): return self.conv(x)
 
+# %% ../nbs/06_unet.ipynb #ce2a0a3e
 class Upsample(nn.Module):
     "Double the resolution: nearest-neighbour copies, then a 3x3 convolution."
     def __init__(self, channels):
@@ -120,6 +121,7 @@ class Upsample(nn.Module):
 
     def forward(self, x): return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # [B, C, h, w] -> [B, C, 2h, 2w]
 
+# %% ../nbs/06_unet.ipynb #8b9eecd0
 @dataclass(frozen=True)
 class BlockConfig:
     "What every block of one UNet shares: a small config instead of ten positional arguments per block."
@@ -129,6 +131,7 @@ class BlockConfig:
     context_dim: int  # width of the text encoder's vectors, which cross-attention reads
     groups: int       # GroupNorm groups
 
+# %% ../nbs/06_unet.ipynb #b53c98a0
 class DownBlock(nn.Module):
     "ResBlocks (each followed by a transformer if `attention`), then an optional `Downsample`; returns `(h, skips)`."
     def __init__(self, c_in, c_out, cfg, attention=False, downsample=False):
@@ -148,6 +151,7 @@ class DownBlock(nn.Module):
             skips.append(h)
         return h, skips
 
+# %% ../nbs/06_unet.ipynb #934c2877
 class MidBlock(nn.Module):
     "ResBlock, transformer, ResBlock at the lowest resolution."
     def __init__(self, channels, cfg):
@@ -159,6 +163,7 @@ class MidBlock(nn.Module):
         h = self.resnets[0](h, temb)
         return self.resnets[1](self.attentions[0](h, context), temb)
 
+# %% ../nbs/06_unet.ipynb #fbf97310
 class UpBlock(nn.Module):
     "`cfg.layers + 1` ResBlocks on [h, skip] concatenated along channels (each followed by a transformer if `attention`), then an optional `Upsample`."
     def __init__(self, c_prev, c_out, c_skip, cfg, attention=False, upsample=False):
@@ -176,13 +181,14 @@ class UpBlock(nn.Module):
             if self.attentions is not None: h = self.attentions[j](h, context)
         return h if self.upsamplers is None else self.upsamplers[0](h)
 
-# %% ../nbs/06_unet.ipynb #43a8180b
+# %% ../nbs/06_unet.ipynb #95aa58d0
 def down_path(block_out_channels, attention, cfg):
     "A UNet's down blocks (a `ModuleList`) and its middle block: the half a ControlNet copies (lecture 14)."
     n, ins = len(block_out_channels), (block_out_channels[0],) + tuple(block_out_channels[:-1])
     down = nn.ModuleList([DownBlock(c_in, c_out, cfg, a, downsample=i < n - 1) for i, (c_in, c_out, a) in enumerate(zip(ins, block_out_channels, attention))])
     return down, MidBlock(block_out_channels[-1], cfg)
 
+# %% ../nbs/06_unet.ipynb #b8a63485
 def down_path_forward(model, x, t, context, added=None):
     """The first half of a UNet, run: the time embedding, `model.conv_in` (plus `added`, a feature map of its output's shape: how lecture 14's
     ControlNet feeds in its control image), the down blocks and the middle. `ScratchUNet` and the ControlNet both run it. Returns
@@ -197,6 +203,7 @@ def down_path_forward(model, x, t, context, added=None):
         skips += s
     return model.mid_block(h, temb, context), skips, temb  # h: the lowest resolution's [B, C_last, h / 2^(levels-1), w / 2^(levels-1)]
 
+# %% ../nbs/06_unet.ipynb #e6c53761
 class ScratchUNet(nn.Module):
     "The from-scratch UNet: eps_theta(x_t, t, context), with diffusers' parameter names."
     def __init__(self, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), attention=(True, True, False),
@@ -237,6 +244,7 @@ class ScratchUNet(nn.Module):
         ours.load_state_dict(unet.state_dict(), strict=True)
         return ours.to(unet.device).eval()
 
+# %% ../nbs/06_unet.ipynb #0749d180
 def scratch_sizes(config):
     "The sizes of the down path a diffusers config (UNet2DConditionModel's, or ControlNetModel's) describes, as `ScratchUNet` takes them."
     return dict(in_channels=config.in_channels, block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
