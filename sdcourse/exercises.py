@@ -10,7 +10,7 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'RECIP
            'check_rescale_zero_terminal_snr', 'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss',
            'check_attention', 'check_split_heads', 'check_timestep_embedding', 'check_training_loss',
            'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id',
-           'check_recipe_to_argv', 'check_frechet_distance', 'check_keep_rows', 'check_zero_conv',
+           'check_recipe_to_argv', 'check_frechet_distance', 'check_fid_infinity', 'check_keep_rows', 'check_zero_conv',
            'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
@@ -588,6 +588,59 @@ def check_frechet_distance(frechet_distance):
     for wrong, hint in mistakes:
         if math.isclose(out, wrong, rel_tol=1e-6): return CheckResult(name, False, hint)
     return CheckResult(name, False, f"it returned {out:.6g}; the reference gives {expected:.6g}")
+
+# %% ../nbs/90_exercises.ipynb #a74bb254
+def _fid_line(real, generated, sizes, x=lambda n: 1 / n, both=False):
+    "FID of `real` (or its first n, with `both`) against the first n of `generated` for each n of `sizes`, and the least-squares line through (x(n), FID_n): (intercept, slope)."
+    from sdcourse.evaluation import fid
+    fids = torch.tensor([fid(real[:n] if both else real, generated[:n]) for n in sizes], dtype=torch.float64)  # [len(sizes)]
+    design = torch.stack([torch.ones(len(sizes), dtype=torch.float64), torch.tensor([x(n) for n in sizes], dtype=torch.float64)], 1)  # [len(sizes), 2]
+    intercept, slope = torch.linalg.lstsq(design, fids[:, None]).solution[:, 0].tolist()
+    return intercept, slope
+
+def _scipy_fid(real, generated):
+    "FID as the original code (pytorch-fid) computes it: numpy's means and covariances, scipy.linalg.sqrtm of their product, imaginary rounding dropped."
+    import numpy as np, scipy.linalg
+    r, g = np.asarray(real, dtype=np.float64), np.asarray(generated, dtype=np.float64)  # [N, D], [n, D]
+    s1, s2 = np.cov(r, rowvar=False), np.cov(g, rowvar=False)  # [D, D] each
+    return float(np.square(r.mean(0) - g.mean(0)).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+
+def _fid_infinity(real, generated, sizes):
+    """The reference: FID-infinity (Chong and Forsyth 2020), the FID of all of `real` against the first n of `generated` (scipy's sqrtm) for each n,
+    the line a + b / n through them fitted by `scipy.stats.linregress`: returns its intercept a."""
+    from scipy.stats import linregress
+    return float(linregress([1 / n for n in sizes], [_scipy_fid(real, generated[:n]) for n in sizes]).intercept)
+
+_FID_INFINITY_MISTAKES = (
+    (lambda real, gen, sizes: _fid_line(real, gen, sizes, x=lambda n: n)[0],
+     "the line is fitted against n; fit it against 1 / n: the bias shrinks like 1 / n, and infinitely many images are 1 / n = 0"),
+    (lambda real, gen, sizes: _fid_line(real, gen, sizes)[1],
+     "that is the line's slope (how much bias each unit of 1 / n adds); FID-infinity is its intercept, the value at 1 / n = 0"),
+    (lambda real, gen, sizes: __import__("sdcourse.evaluation", fromlist=["fid"]).fid(real, gen[:max(sizes)]),
+     "that is the FID at the largest n; extrapolate: fit a line through the points (1 / n, FID_n) and take its value at 1 / n = 0"),
+    (lambda real, gen, sizes: _fid_line(real, gen, sizes, both=True)[0],
+     "subsample only the generated set: the real statistics come from all of `real`, fixed, as Chong and Forsyth keep them"),
+)
+
+def check_fid_infinity(fid_infinity):
+    "Check the learner's `fid_infinity(real, generated, sizes)` on 8-dimensional Gaussian features: 4,000 real, 2,000 generated, sizes 200 to 2,000."
+    name, g = "fid_infinity", torch.Generator().manual_seed(0)
+    real = torch.randn(4000, 8, generator=g, dtype=torch.float64)
+    generated = 1.2 * torch.randn(2000, 8, generator=g, dtype=torch.float64) + 0.3  # wider and shifted: the two Gaussians are 1.04 apart
+    sizes = (200, 500, 1000, 2000)
+    out, failed = _call(name, fid_infinity, (real, generated, sizes), f"fid_infinity(real, generated, sizes={sizes}) with features [4000, 8] and "
+                        "[2000, 8], float64")
+    if failed is not None: return failed
+    try: out = float(out)
+    except (TypeError, ValueError): return CheckResult(name, False, f"it returned a {type(out).__name__}; return a number (a float or a 0-d tensor)")
+    expected = _fid_infinity(real, generated, sizes)
+    if math.isclose(out, expected, rel_tol=1e-6): return CheckResult(name, True, f"matches the reference ({expected:.4f})")
+    for wrong, hint in _FID_INFINITY_MISTAKES:
+        if math.isclose(out, wrong(real, generated, sizes), rel_tol=1e-6): return CheckResult(name, False, hint)
+    return CheckResult(name, False, f"it returned {out:.6g}; the reference gives {expected:.6g}")
+
+exercise(lecture="12_evaluation", name="fid_infinity", checker=check_fid_infinity, reference=_fid_infinity, library="scipy.stats.linregress", mistakes=_FID_INFINITY_MISTAKES,
+         used_by="lecture 12 extrapolates FID to infinitely many images with yours: real against real falls below every finite-n FID, held-out pairs stay far")
 
 # %% ../nbs/90_exercises.ipynb #31206c64
 def check_keep_rows(keep_rows):
