@@ -10,8 +10,8 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'RECIP
            'check_rescale_zero_terminal_snr', 'check_reparameterize', 'check_kl_divergence', 'check_contrastive_loss',
            'check_attention', 'check_split_heads', 'check_timestep_embedding', 'check_training_loss',
            'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id',
-           'check_recipe_to_argv', 'check_frechet_distance', 'check_fid_infinity', 'check_keep_rows', 'check_zero_conv',
-           'check_consistency_scalings']
+           'check_recipe_to_argv', 'check_frechet_distance', 'check_fid_infinity', 'check_keep_rows',
+           'check_load_multi_vector', 'check_zero_conv', 'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -667,6 +667,74 @@ def check_keep_rows(keep_rows):
     for wrong, hint in mistakes:
         if torch.equal(out, wrong): return CheckResult(name, False, hint)
     return CheckResult(name, False, "the result is not grad with every other row set to zero")
+
+# %% ../nbs/90_exercises.ipynb #d66da2f6
+def _load_multi_vector(pipe, token, vectors):
+    "The reference: diffusers' own `load_textual_inversion` with an [n, D] embedding, and the words its `maybe_convert_prompt` writes for `token`."
+    with seeded(0): pipe.load_textual_inversion({token: vectors})  # resizing the table draws from torch's generator: the caller's is untouched
+    return pipe.maybe_convert_prompt(token, pipe.tokenizer)
+
+def _add_words(pipe, names, rows):
+    "Add each of `names` as a new token of `pipe` whose embedding row is the matching one of `rows` (lecture 13's `add_token`)."
+    from sdcourse.personalisation import add_token
+    table = lambda: pipe.text_encoder.get_input_embeddings().weight
+    for word, row in zip(names, rows):
+        index = add_token(pipe.text_encoder, pipe.tokenizer, word)
+        with torch.no_grad(): table()[index] = row
+    return " ".join(names)
+
+_names = lambda token, n: [token] + [f"{token}_{i}" for i in range(1, n)]
+_MULTI_VECTOR_MISTAKES = (
+    (lambda pipe, token, vectors: _add_words(pipe, [token], vectors[:1]),
+     "only the first vector was loaded: a word of n vectors is n tokens, token, token_1, ..., token_(n-1), one row each"),
+    (lambda pipe, token, vectors: _add_words(pipe, [token], vectors.mean(0, keepdim=True)),
+     "the n vectors were averaged into one row: a word of n vectors is n tokens, one row each, so that each vector keeps its own position in the prompt"),
+    (lambda pipe, token, vectors: _add_words(pipe, [f"{token}_{i}" for i in range(len(vectors))], vectors),
+     "diffusers names the tokens token, token_1, token_2, ...: the first keeps the word itself, and the others count from 1"),
+    (lambda pipe, token, vectors: _add_words(pipe, _names(token, len(vectors)), vectors.flip(0)),
+     "the rows are in the wrong order: token gets vectors[0], token_1 vectors[1], and so on"),
+    (lambda pipe, token, vectors: _add_words(pipe, _names(token, len(vectors)), vectors).split()[0],
+     "the tokens are loaded, but a prompt that says only the word uses one of them: return 'token token_1 ... token_(n-1)', what diffusers' "
+     "maybe_convert_prompt writes in its place"),
+)
+
+# %% ../nbs/90_exercises.ipynb #46dda364
+def check_load_multi_vector(load_multi_vector):
+    """Check the learner's `load_multi_vector(pipe, token, vectors)`: teach `pipe` a word made of the n rows of `vectors` [n, D] and return the text that
+    stands for it in a prompt; compared with diffusers' `load_textual_inversion` given the same [n, D] embedding: the tokens, the rows, the prompt's states."""
+    from sdcourse.text import encode_prompts
+    from sdcourse.training import load_pipeline
+    name, token = "load_multi_vector", "<thing>"
+    ours, theirs = load_pipeline(device="cpu"), load_pipeline(device="cpu")
+    width = ours.text_encoder.get_input_embeddings().weight.shape[1]
+    vectors = 0.3 * torch.randn(3, width, generator=torch.Generator().manual_seed(0))  # a word of 3 vectors [3, D]
+    words_before = len(ours.tokenizer)
+    text, failed = _call(name, load_multi_vector, (ours, token, vectors.clone()), f"load_multi_vector(pipe, {token!r}, vectors) with pipe sdcourse-tiny "
+                         f"and vectors of shape [3, {width}]")
+    if failed is not None: return failed
+    expected_text = _load_multi_vector(theirs, token, vectors)  # '<thing> <thing>_1 <thing>_2'
+    added = sorted(set(ours.tokenizer.get_vocab()) - set(theirs.tokenizer.get_vocab()) | set(theirs.tokenizer.get_vocab()) - set(ours.tokenizer.get_vocab()))
+    table = ours.text_encoder.get_input_embeddings().weight.detach()
+    new = {w: table[ours.tokenizer.convert_tokens_to_ids(w)] for w in ours.tokenizer.get_vocab() if ours.tokenizer.convert_tokens_to_ids(w) >= words_before}
+    mistake = lambda i: CheckResult(name, False, _MULTI_VECTOR_MISTAKES[i][1])
+    if list(new) == [token] and torch.allclose(new[token], vectors[0]): return mistake(0)
+    if list(new) == [token] and torch.allclose(new[token], vectors.mean(0)): return mistake(1)
+    if added: return mistake(2) if set(new) == {f"{token}_{i}" for i in range(3)} else CheckResult(name, False, f"the new tokens are {sorted(new)}; "
+                                                                                                     f"diffusers adds {_names(token, 3)}")
+    if all(torch.allclose(new[w], v) for w, v in zip(_names(token, 3), vectors.flip(0))): return mistake(3)
+    prompt = "a big red {} in the center"
+    if not isinstance(text, str): return CheckResult(name, False, f"it returned {type(text).__name__}; return the text that stands for the word in a prompt")
+    if text != expected_text and text == token: return mistake(4)
+    states = encode_prompts(ours.text_encoder, ours.tokenizer, [prompt.format(text)])  # [1, 77, D]
+    with torch.no_grad(): theirs_states = theirs.encode_prompt(prompt.format(token), "cpu", 1, False)[0]  # diffusers writes the tokens in itself
+    result = _compare(name, states, theirs_states, [])
+    if not result: return CheckResult(name, False, f"the prompt {prompt.format(text)!r} does not encode as diffusers encodes {prompt.format(token)!r}: {result.message}")
+    return CheckResult(name, True, f"the tokens {_names(token, 3)}, their rows and the prompt's text states match diffusers' load_textual_inversion")
+
+exercise(lecture="13_personalisation", name="load_multi_vector", checker=check_load_multi_vector, reference=_load_multi_vector,
+         library="diffusers.loaders.TextualInversionLoaderMixin.load_textual_inversion", mistakes=_MULTI_VECTOR_MISTAKES,
+         used_by="lecture 13 loads a word of two vectors, red's and square's rows, with yours: the same images as diffusers' load_textual_inversion, "
+                 "and as the words 'red square'")
 
 # %% ../nbs/90_exercises.ipynb #d8173245
 def check_zero_conv(zero_conv):
