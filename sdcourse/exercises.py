@@ -11,7 +11,7 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'RECIP
            'check_attention', 'check_split_heads', 'check_timestep_embedding', 'check_training_loss',
            'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id',
            'check_recipe_to_argv', 'check_frechet_distance', 'check_fid_infinity', 'check_keep_rows',
-           'check_load_multi_vector', 'check_zero_conv', 'check_consistency_scalings']
+           'check_load_multi_vector', 'check_zero_conv', 'check_guess_mode', 'check_consistency_scalings']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -738,7 +738,7 @@ exercise(lecture="13_personalisation", name="load_multi_vector", checker=check_l
 
 # %% ../nbs/90_exercises.ipynb #d8173245
 def check_zero_conv(zero_conv):
-    "Check the learner's `zero_conv(c_in, c_out)`: a 1 x 1 convolution 8 -> 16 channels that outputs exactly zero, has a bias, and learns."
+    "Check the learner's `zero_conv(c_in, c_out)`: an output's 1 x 1 zero convolution, 8 -> 16 channels, that outputs exactly zero, has a bias, and learns."
     name = "zero_conv"
     conv, failed = _call(name, zero_conv, (8, 16), "zero_conv(8, 16)")
     if failed is not None: return failed
@@ -746,8 +746,9 @@ def check_zero_conv(zero_conv):
     if (conv.in_channels, conv.out_channels) != (8, 16):
         return CheckResult(name, False, f"it maps {conv.in_channels} -> {conv.out_channels} channels; zero_conv(8, 16) maps 8 -> 16")
     if conv.kernel_size != (1, 1):
-        return CheckResult(name, False, f"its kernel is {conv.kernel_size[0]}x{conv.kernel_size[1]}; ControlNet's zero convolutions are 1x1 "
-                           "(diffusers' controlnet_down_blocks would not load its weights)")
+        return CheckResult(name, False, f"its kernel is {conv.kernel_size[0]}x{conv.kernel_size[1]}; the zero convolutions on the ControlNet's "
+                           "outputs (controlnet_down_blocks, controlnet_mid_block) are 1x1, so diffusers' weights would not load into it (only the "
+                           "conditioning encoder's last one, conv_out, is 3x3)")
     if conv.bias is None: return CheckResult(name, False, "it has no bias; diffusers' zero convolutions have one (controlnet_down_blocks.N.bias), "
                                              "so the shipped weights would not load into it")
     if not all(p.requires_grad for p in conv.parameters()):
@@ -763,6 +764,75 @@ def check_zero_conv(zero_conv):
     if conv.weight.grad is None or not conv.weight.grad.abs().sum() > 0:
         return CheckResult(name, False, "its weights get no gradient; build it from an ordinary nn.Conv2d so that they learn")
     return CheckResult(name, True, "the output is exactly zero, the layer has diffusers' shape, and its weights receive a gradient")
+
+# %% ../nbs/90_exercises.ipynb #30807fa5
+import functools
+
+def _guess_mode(down, mid, scale):
+    "The reference: the residuals of a guidance batch (unconditional half first) in guess mode, as diffusers' ControlNet pipeline applies them."
+    scales = torch.logspace(-1, 0, len(down) + 1) * scale  # [n + 1]: 0.1 at the first skip up to 1.0 at the middle block, times the scale
+    steer = lambda r, s: torch.cat([torch.zeros_like(r[:len(r) // 2]), s * r[len(r) // 2:]])  # unconditional half 0, conditional half scaled
+    return [steer(d, s) for d, s in zip(down, scales)], steer(mid, scales[-1])
+
+def _guess_with(scales_of, zero_first=True):
+    "A guess mode with other scales (`scales_of(n, scale)`: n + 1 numbers) or the other half zeroed: the typical mistakes."
+    def guess(down, mid, scale):
+        scales, half = scales_of(len(down), scale), len(mid) // 2
+        steer = lambda r, s: torch.cat([torch.zeros_like(r[:half]), s * r[half:]]) if zero_first else torch.cat([s * r[:half], torch.zeros_like(r[half:])])
+        return [steer(d, s) for d, s in zip(down, scales)], steer(mid, scales[-1])
+    return guess
+
+_GUESS_MISTAKES = (
+    (_guess_with(lambda n, w: torch.cat([torch.logspace(-1, 0, n), torch.ones(1)]) * w),
+     "there are n + 1 scales, torch.logspace(-1, 0, n + 1): the n skips take the first n, from 0.1 up to just below 1, and only the middle block gets 1"),
+    (_guess_with(lambda n, w: torch.logspace(0, -1, n + 1) * w),
+     "the scales run the wrong way: 0.1 at the first skip (the finest grid), rising to 1.0 at the middle block"),
+    (_guess_with(lambda n, w: torch.linspace(0.1, 1, n + 1) * w),
+     "the scales are evenly spaced in log, torch.logspace(-1, 0, n + 1), each a constant factor above the last, not torch.linspace's equal steps"),
+    (_guess_with(lambda n, w: torch.logspace(-1, 0, n + 1)),
+     "the conditioning scale is missing: multiply every one of the n + 1 scales by `scale`"),
+    (lambda down, mid, scale: tuple(([torch.logspace(-1, 0, len(down) + 1)[i] * scale * d for i, d in enumerate(down)], scale * mid)),
+     "the unconditional half still gets residuals: in guess mode only the conditional branch is steered, so the first half of the batch gets zeros"),
+    (_guess_with(lambda n, w: torch.logspace(-1, 0, n + 1) * w, zero_first=False),
+     "the wrong half is zero: the batch stacks the unconditional branch first and the conditional second (as generate and diffusers do)"),
+)
+
+# %% ../nbs/90_exercises.ipynb #6a1e0c37
+@functools.lru_cache(maxsize=1)
+def _guess_case(scale):
+    """The shipped ControlNet's residuals at scale 1 for a guidance batch of 2 + 2 (unconditional first), and what diffusers' guess mode makes of them
+    at `scale`: (down, mid, expected), computed once (the checker runs again and again while a learner tries)."""
+    from sdcourse.control import load_controlnet
+    g, controlnet = torch.Generator().manual_seed(0), load_controlnet(device="cpu")
+    x, control = torch.randn(4, 4, 8, 8, generator=g), torch.rand(4, 3, 64, 64, generator=g)  # latents [2B, 4, 8, 8] and control images [2B, 3, 64, 64]
+    context, t = torch.randn(4, 77, controlnet.config.cross_attention_dim, generator=g), torch.tensor([700, 700, 300, 300])
+    with torch.no_grad():
+        down, mid = controlnet(x, t, encoder_hidden_states=context, controlnet_cond=control, conditioning_scale=1.0, return_dict=False)
+        cond_down, cond_mid = controlnet(x[2:], t[2:], encoder_hidden_states=context[2:], controlnet_cond=control[2:], conditioning_scale=scale,
+                                         guess_mode=True, return_dict=False)  # diffusers' guess mode runs the ControlNet on the conditional half only
+    return list(down), mid, [torch.cat([torch.zeros_like(r), r]) for r in (*cond_down, cond_mid)]  # expected: the unconditional half gets 0
+
+def check_guess_mode(guess_mode):
+    """Check the learner's `guess_mode(down, mid, scale)`: the shipped ControlNet's residuals at scale 1 for a guidance batch of 2 + 2 (unconditional
+    first), made guess mode's: the unconditional half 0, the conditional half as diffusers' `ControlNetModel(..., guess_mode=True)` scales it."""
+    name, scale = "guess_mode", 0.8
+    down, mid, expected = _guess_case(scale)
+    out, failed = _call(name, guess_mode, ([d.clone() for d in down], mid.clone(), scale), f"guess_mode(down, mid, scale={scale}) with down a list of "
+                        f"{len(down)} residuals [4, C, h, w] and mid [4, 64, 2, 2], each the unconditional half (2) first")
+    if failed is not None: return failed
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], (list, tuple)) and len(out[0]) == len(down)
+            and all(isinstance(r, torch.Tensor) and r.shape == e.shape for r, e in zip([*out[0], out[1]], expected))):
+        return CheckResult(name, False, f"return (down, mid): a list of {len(down)} residuals shaped like the ones given, and the middle one")
+    flat = lambda residuals: torch.cat([r.flatten() for r in residuals])
+    mistakes = [(flat([*w[0], w[1]]), hint) for wrong, hint in _GUESS_MISTAKES for w in [wrong([d.clone() for d in down], mid.clone(), scale)]]
+    result = _compare(name, flat([*out[0], out[1]]), flat(expected), mistakes)
+    return CheckResult(name, True, f"the {len(down)} skips and the middle match diffusers' ControlNetModel(..., guess_mode=True) on the conditional half, "
+                                   "and the unconditional half is 0") if result else result
+
+exercise(lecture="14_control", name="guess_mode", checker=check_guess_mode, reference=_guess_mode,
+         library="diffusers.ControlNetModel", mistakes=_GUESS_MISTAKES,
+         used_by="lecture 14 draws from masks alone (the empty prompt) with yours in its ControlledUNet: the same images as "
+                 "StableDiffusionControlNetPipeline(guess_mode=True)")
 
 # %% ../nbs/90_exercises.ipynb #7509a3fa
 def check_consistency_scalings(scalings):
