@@ -11,7 +11,8 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'RECIP
            'check_attention', 'check_split_heads', 'check_timestep_embedding', 'check_training_loss',
            'check_guided_noise', 'check_ddim_step', 'check_img2img_timesteps', 'check_lora_layer', 'check_hub_id',
            'check_recipe_to_argv', 'check_frechet_distance', 'check_fid_infinity', 'check_keep_rows',
-           'check_load_multi_vector', 'check_zero_conv', 'check_guess_mode', 'check_consistency_scalings']
+           'check_load_multi_vector', 'check_zero_conv', 'check_guess_mode', 'check_consistency_scalings',
+           'check_heun_step']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -857,3 +858,53 @@ def check_consistency_scalings(scalings):
     if not result and result.message.startswith("it differs") and at_zero != [1.0, 0.0]:
         return CheckResult(name, False, f"at t = 0 it gives (c_skip, c_out) = {tuple(at_zero)}; the boundary condition needs exactly (1, 0), so that f(x, 0) = x")
     return result
+
+# %% ../nbs/90_exercises.ipynb #44096fc4
+def _heun_step(x, v, sigma, sigma_next, velocity):
+    "The reference: Heun's step of the flow ODE dx/dsigma = v, as diffusers' FlowMatchHeunDiscreteScheduler takes it (Euler's on the last step, to sigma = 0)."
+    x_euler = x + (sigma_next - sigma) * v  # Euler's predictor
+    if sigma_next == 0: return x_euler  # the last step: the model is never asked at sigma = 0
+    return x + (sigma_next - sigma) * (v + velocity(x_euler, sigma_next)) / 2  # the corrector: the mean of the slopes at both ends
+
+def _euler_point(x, v, sigma, sigma_next): return x + (sigma_next - sigma) * v
+_HEUN_MISTAKES = (
+    (lambda x, v, s, s2, velocity: _euler_point(x, v, s, s2),
+     "that is Euler's step: Heun's asks the model again at the Euler point, at sigma_next, and steps with the mean of the two slopes"),
+    (lambda x, v, s, s2, velocity: x + (s2 - s) * (v + velocity(x, s2)) / 2 if s2 > 0 else _euler_point(x, v, s, s2),
+     "the second slope is asked at x; ask it where Euler's step lands, x + (sigma_next - sigma) v"),
+    (lambda x, v, s, s2, velocity: x + (s2 - s) * (v + velocity(_euler_point(x, v, s, s2), s)) / 2 if s2 > 0 else _euler_point(x, v, s, s2),
+     "the second slope is asked at the old sigma; the Euler point lies at sigma_next: ask velocity(x_euler, sigma_next)"),
+    (lambda x, v, s, s2, velocity: x + (s2 - s) * velocity(_euler_point(x, v, s, s2), s2) if s2 > 0 else _euler_point(x, v, s, s2),
+     "it steps with the second slope alone; Heun's steps with the mean of the two, (v + v_next) / 2"),
+    (lambda x, v, s, s2, velocity: x + (s2 - s) * (v + velocity(_euler_point(x, v, s, s2), s2)) / 2,
+     "the last step, to sigma = 0, is Euler's: diffusers' Heun never asks the model at sigma = 0, a noise level it was not trained on"),
+)
+
+def check_heun_step(heun_step):
+    """Check the learner's `heun_step(x, v, sigma, sigma_next, velocity)`: Heun's step of the flow ODE from `sigma` to `sigma_next` (`v` the velocity at x,
+    `velocity(x, sigma)` asks for another), against diffusers' `FlowMatchHeunDiscreteScheduler` over 3 steps (sigma 1, 0.6, 0.3, 0) of a velocity field that bends."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+    name, g = "heun_step", torch.Generator().manual_seed(0)
+    x0, weight = torch.randn(2, 4, 8, 8, generator=g), torch.randn(4, 4, generator=g) / 2
+    field = lambda x, sigma: torch.tanh(torch.einsum("oc,bchw->bohw", weight, x)) * (1 + float(sigma)) - x  # a velocity that bends with x and sigma
+    sigmas = torch.tensor([1.0, 0.6, 0.3, 0.0])  # 3 steps: two of Heun's, then Euler's to sigma = 0 (5 velocities)
+    theirs = FlowMatchHeunDiscreteScheduler()
+    theirs.set_timesteps(3)  # its own grid ends at sigma = 0.001, where its corrector divides by 0.001 and loses float32 digits: use ours instead
+    theirs.sigmas, theirs.timesteps = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]]), torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2)]) * 1000
+    x = x0.clone()
+    for t in theirs.timesteps: x = theirs.step(field(x, t / 1000), t, x).prev_sample
+    def run(step_fn):
+        x = x0.clone()
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            x = step_fn(x, field(x, sigma), sigma, sigma_next, field)
+            if not isinstance(x, torch.Tensor) or x.shape != x0.shape: return x  # the checker names what came back
+        return x
+    out, failed = _call(name, run, (heun_step,), "heun_step(x, v, sigma, sigma_next, velocity) with x and v of shape [2, 4, 8, 8], sigma and sigma_next "
+                        "0-d tensors (the last sigma_next is 0) and velocity(x, sigma) a function that returns the velocity at x")
+    if failed is not None: return failed
+    result = _compare(name, out, x, [(run(wrong), hint) for wrong, hint in _HEUN_MISTAKES], atol=1e-5)
+    return CheckResult(name, True, "3 steps (the last to sigma = 0) match diffusers' FlowMatchHeunDiscreteScheduler") if result else result
+
+exercise(lecture="15_fewer_steps", name="heun_step", checker=check_heun_step, reference=_heun_step, library="diffusers.FlowMatchHeunDiscreteScheduler",
+         mistakes=_HEUN_MISTAKES, used_by="lecture 15 samples the flow model with yours: the same images as FlowMatchHeunDiscreteScheduler, then graded "
+                                          "against Euler at the same number of UNet calls")
