@@ -264,3 +264,10 @@ def test_the_answer_detector_finds_an_answer_above_its_exercise():
     assert exercise_on_page([cell("def f(x): return x"), stub, cell("g = use_yours(r, my_f, ours)")], "f") == (1, [0], [2])
     assert exercise_on_page([cell("from somewhere import f"), stub], "f") == (1, [0], [])
     assert exercise_on_page([cell("y = f(2)"), stub, cell("use_yours(r, my_f, ours)")], "f") == (1, [], [2])
+
+
+def test_every_lecture_has_an_exercise_proper_most_checked_against_a_library():
+    "Issue #38's bar: lectures 01 to 15 each have an exercise whose answer is not on their page; at least 8 are checked against a library."
+    lectures = sorted(p.stem for p in NBS.glob("[0-9][0-9]_*.ipynb") if 1 <= int(p.name[:2]) <= 15)
+    assert len(lectures) == 15 and sorted({ex.lecture for ex in EXERCISES}) == lectures
+    assert len({ex.lecture for ex in EXERCISES if ex.library}) >= 8
