@@ -478,7 +478,9 @@ def read_manifest(folder):
     key = _user_key()
     if not isinstance(record, dict) or key is None or not isinstance(record.get("signature"), str): return None
     kind, files = record.get("kind"), record.get("files")
-    if not hmac.compare_digest(record["signature"], _signature(key, kind, files)): return None
+    try: signed = hmac.compare_digest(record["signature"], _signature(key, kind, files))
+    except (TypeError, ValueError): return None  # a signature that is not even hex, or files that are not JSON: forged or damaged
+    if not signed: return None
     return kind, files
 
 # %% ../nbs/00_core.ipynb #23a36a7f
