@@ -56,8 +56,7 @@ class NoiseSchedule:
         on = lambda x: x.to(self.device)
         self.betas, self.alphas, self.alpha_bar = on(betas), on(alphas), on(alpha_bar)
         self.sqrt_alpha_bar, self.sqrt_one_minus_alpha_bar = on(alpha_bar.sqrt()), on((1 - alpha_bar).sqrt())
-        self.snr = on(alpha_bar / (1 - alpha_bar))
-        self.log_snr = self.snr.log()
+        self.snr = on(alpha_bar / (1 - alpha_bar)); self.log_snr = self.snr.log()
 
     @classmethod
     def named(cls, schedule="scaled_linear", T=1000, device=None):

@@ -283,8 +283,7 @@ def train_unet(unet,                   # the model to train, in place: a UNet, o
                 record = dict(step=step + 1, loss=accelerator.reduce(loss.detach(), "mean").item(), lr=lr_schedule.get_last_lr()[0])  # the global batch's loss
                 if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
                     scores, seconds = _evaluate_ema(unet, ema, eval_fn, accelerator.unwrap_model, main)
-                    evaluated += seconds
-                    record |= scores | dict(eval_seconds=evaluated)
+                    evaluated += seconds; record |= scores | dict(eval_seconds=evaluated)
                 record["seconds"] = offset + time.time() - begun  # taken after this step's evaluation, so `seconds - eval_seconds` is the training alone
                 history.append(record)
                 if main.is_main: bar.set_postfix(loss=f"{record['loss']:.4f}")

@@ -359,3 +359,17 @@ def test_the_index_starts_from_a_generated_picture():
     lectures = {p.name[:2] for p in LECTURES if p.name < "90"}  # the numbered lectures, not the exercises and CLI pages
     missing = lectures - set(re.findall(r"\]\((\d\d)_\w+\.ipynb\)", after))
     assert not missing, f"the lines after the picture link no lecture {sorted(missing)}"
+
+
+def visible_code_lines(source):
+    "Lines of a code cell the page shows: none for a hidden cell (`#| hide`, `#| echo: false`, `#| include: false`) or a folded one."
+    if re.search(r"#\|\s*(hide\b|echo:\s*false|include:\s*false|code-fold:\s*true)", source): return 0
+    return len([line for line in source.splitlines() if not line.startswith("#|")])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_visible_code_cell_is_longer_than_60_lines(path):
+    "A wall of code is split one function a cell, each with its sentence (issue #38); builders of tables and silent checks are hidden."
+    long = {c.id: visible_code_lines(c.source) for c in cells(path) if c.cell_type == "code" and visible_code_lines(c.source) > 60}
+    assert not long, f"{path.name}: visible code cells over 60 lines: {long}"
+    assert visible_code_lines("#| echo: false\n" + "x = 1\n" * 80) == 0 and visible_code_lines("x = 1\n" * 61) == 61
