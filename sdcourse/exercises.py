@@ -10,10 +10,11 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'RECIP
            'check_rescale_zero_terminal_snr', 'check_reparameterize', 'check_kl_divergence', 'check_kl_gaussians',
            'check_contrastive_loss', 'check_clip_pool', 'check_attention', 'check_split_heads', 'check_causal_mask',
            'check_timestep_embedding', 'check_up_resnet_channels', 'check_training_loss', 'check_v_min_snr_weight',
-           'check_guided_noise', 'check_ddim_step', 'check_ddim_step_v', 'check_img2img_timesteps', 'check_paste_back',
-           'check_lora_layer', 'check_merge_conv_lora', 'check_hub_id', 'check_recipe_to_argv',
-           'check_frechet_distance', 'check_fid_infinity', 'check_keep_rows', 'check_load_multi_vector',
-           'check_zero_conv', 'check_guess_mode', 'check_consistency_scalings', 'check_heun_step']
+           'check_wilson_interval', 'check_guided_noise', 'check_ddim_step', 'check_ddim_step_v',
+           'check_euler_ancestral_step', 'check_img2img_timesteps', 'check_paste_back', 'check_lora_layer',
+           'check_merge_conv_lora', 'check_hub_id', 'check_recipe_to_argv', 'check_frechet_distance',
+           'check_fid_infinity', 'check_keep_rows', 'check_load_multi_vector', 'check_zero_conv', 'check_guess_mode',
+           'check_consistency_scalings', 'check_heun_step']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -566,6 +567,52 @@ exercise(lecture="07_training", name="v_min_snr_weight", checker=check_v_min_snr
          used_by="lecture 7 trains a v-predicting UNet for a few steps with train_unet and a loss weighted by your function, and gets the losses of "
                  "diffusers' train_text_to_image.py recipe (get_velocity, compute_snr)")
 
+# %% ../nbs/90_exercises.ipynb #a7b0e1a2
+def _wilson_interval(successes, n, confidence=0.95, z_of=lambda c: _normal_quantile(0.5 + c / 2), shift=True):
+    "The course's answer (checked against scipy's `binomtest(...).proportion_ci(method='wilson')` below), with switches for two typical mistakes."
+    z, p = z_of(confidence), successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n) if shift else p
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+def _normal_quantile(q):
+    "The standard normal's quantile function, through torch's inverse error function."
+    return math.sqrt(2) * torch.special.erfinv(torch.tensor(2 * q - 1, dtype=torch.float64)).item()
+
+def _wald(successes, n, confidence=0.95):
+    p, z = successes / n, _normal_quantile(0.5 + confidence / 2)
+    half = z * math.sqrt(p * (1 - p) / n)
+    return max(0.0, p - half), min(1.0, p + half)
+
+_WILSON_MISTAKES = (
+    (_wald, "that is the Wald interval, p +- z sqrt(p(1 - p) / n): it collapses to a point at 0 or n successes; Wilson's solves "
+            "|p_hat - p| <= z sqrt(p(1 - p) / n) for p (the standard error of the true p, not of p_hat)"),
+    (lambda k, n, c=0.95: _wilson_interval(k, n, c, shift=False), "the interval is centred on p_hat; Wilson's centre moves towards 1/2: "
+     "(p_hat + z^2 / 2n) / (1 + z^2 / n)"),
+    (lambda k, n, c=0.95: _wilson_interval(k, n, c, z_of=lambda c: _normal_quantile(c)), "z is the one-sided quantile (1.645 for 95%); "
+     "a two-sided interval leaves (1 - confidence) / 2 in each tail: z = 1.96 for 95%"),
+    (lambda k, n, c=0.95: _wilson_interval(k, n, c)[::-1], "return (low, high), low first"))
+
+def check_wilson_interval(wilson_interval):
+    "Check the learner's `wilson_interval(successes, n, confidence=0.95)` -> (low, high) against scipy's Wilson interval."
+    from scipy.stats import binomtest
+    name = "wilson_interval"
+    for k, n, c in ((197, 200, 0.95), (0, 20, 0.95), (184, 200, 0.95), (50, 100, 0.9), (200, 200, 0.99)):
+        out, failed = _call(name, wilson_interval, (k, n, c), f"wilson_interval({k}, {n}, {c}) (successes, trials, confidence)")
+        if failed is not None: return failed
+        try: out = torch.tensor([float(v) for v in out])
+        except (TypeError, ValueError): return CheckResult(name, False, f"it returned {out!r}; return two numbers, (low, high)")
+        ci = binomtest(k, n).proportion_ci(confidence_level=c, method="wilson")
+        mistakes = [(torch.tensor(w(k, n, c)), h) for w, h in _WILSON_MISTAKES]
+        verdict = _compare(name, out, torch.tensor([ci.low, ci.high], dtype=torch.float32), mistakes, atol=1e-5)
+        if not verdict: return CheckResult(name, False, f"for {k} successes in {n} at {c:.0%}: {verdict.message}")
+    return CheckResult(name, True, "matches scipy's binomtest(k, n).proportion_ci(method='wilson'), at 0 and n successes too")
+
+exercise(lecture="07b_sdcourse_tiny", name="wilson_interval", checker=check_wilson_interval, reference=_wilson_interval,
+         library="scipy.stats.binomtest (proportion_ci, method='wilson')", mistakes=_WILSON_MISTAKES,
+         used_by="lecture 7b puts your 95% intervals on sdcourse-tiny's adherence table and on Min-SNR against the plain loss, and says which "
+                 "differences exceed the noise")
+
 # %% ../nbs/90_exercises.ipynb #4cca5ddf
 def check_guided_noise(guided_noise):
     "Check the learner's `guided_noise(eps_uncond, eps_cond, guidance_scale)`: eps_uncond + w (eps_cond - eps_uncond)."
@@ -648,6 +695,53 @@ exercise(lecture="08_sampling", name="ddim_step_v", checker=check_ddim_step_v, r
          library="diffusers.DDIMScheduler", mistakes=_DDIM_V_MISTAKES,
          used_by="lecture 8's sampling loop runs your step on sdcourse-tiny turned into a v-predictor, and draws the images of diffusers' "
                  "DDIMScheduler(prediction_type='v_prediction') and of the noise-predicting DDIM")
+
+# %% ../nbs/90_exercises.ipynb #a8b0e1a2
+def _euler_ancestral_step(x, eps, sigma, sigma_next, noise, up=lambda s, n: n * ((s ** 2 - n ** 2) / s ** 2).sqrt(), down=None, fresh=True):
+    "The course's answer (checked against diffusers' `EulerAncestralDiscreteScheduler` below), with switches that make the typical mistakes."
+    sigma_up = up(sigma, sigma_next)  # the noise the step draws fresh
+    sigma_down = (sigma_next ** 2 - sigma_up ** 2).clamp(min=0).sqrt() if down is None else down(sigma, sigma_next)  # where the ODE step lands
+    return x + (sigma_down - sigma) * eps + (sigma_up * noise if fresh else 0)
+
+_EULER_A_MISTAKES = (
+    (lambda x, e, s, n, z: _euler_ancestral_step(x, e, s, n, z, up=lambda s, n: 0 * n),
+     "that is lecture 8's deterministic Euler step: an ancestral step goes further down, to sigma_down, and adds fresh noise sigma_up * noise"),
+    (lambda x, e, s, n, z: _euler_ancestral_step(x, e, s, n, z, down=lambda s, n: n),
+     "it steps to sigma_next and then adds noise, which leaves too much of it: step to sigma_down = sqrt(sigma_next^2 - sigma_up^2), so that "
+     "adding sigma_up * noise lands on sigma_next"),
+    (lambda x, e, s, n, z: _euler_ancestral_step(x, e, s, n, z, fresh=False),
+     "it steps to sigma_down but adds no fresh noise: add sigma_up * noise, or the sample ends less noisy than sigma_next"),
+    (lambda x, e, s, n, z: _euler_ancestral_step(x, e, s, n, z, up=lambda s, n: n),
+     "sigma_up = sigma_next replaces all of the noise (a jump to x0_hat, then fresh noise); the ancestral step keeps part of it: "
+     "sigma_up = sigma_next * sqrt((sigma^2 - sigma_next^2) / sigma^2)"),
+    (lambda x, e, s, n, z: _euler_ancestral_step(x, e, s, n, z, up=lambda s, n: n ** 2 * (s ** 2 - n ** 2) / s ** 2),
+     "sigma_up is a standard deviation: take the square root of sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2"))
+
+def check_euler_ancestral_step(euler_ancestral_step):
+    "Check the learner's `euler_ancestral_step(x, eps, sigma, sigma_next, noise)` against diffusers' `EulerAncestralDiscreteScheduler.step`."
+    from diffusers import EulerAncestralDiscreteScheduler
+    name, g = "euler_ancestral_step", torch.Generator().manual_seed(0)
+    s = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1)
+    s.set_timesteps(10)
+    x, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for i in (4, 9):  # mid-schedule, and the last step (sigma_next = 0)
+        sigma, sigma_next = s.sigmas[i], s.sigmas[i + 1]
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(i))
+        s.set_timesteps(10)
+        s.set_begin_index(i)  # the next `step` is step i
+        s.scale_model_input(x, s.timesteps[i])  # as a sampling loop does (diffusers warns otherwise); the step itself takes x unscaled
+        expected = s.step(eps, s.timesteps[i], x, generator=torch.Generator().manual_seed(i)).prev_sample  # the same noise, drawn inside
+        out, failed = _call(name, euler_ancestral_step, (x.clone(), eps.clone(), sigma.clone(), sigma_next.clone(), noise.clone()),
+                            f"euler_ancestral_step(x, eps, sigma={sigma.item():.3f}, sigma_next={sigma_next.item():.3f}, noise) with x, eps and noise "
+                            "of shape [2, 4, 8, 8] and the sigmas 0-dim tensors")
+        if failed is not None: return failed
+        verdict = _compare(name, out, expected, [(w(x, eps, sigma, sigma_next, noise), h) for w, h in _EULER_A_MISTAKES], atol=1e-4)
+        if not verdict: return CheckResult(name, False, f"from sigma = {sigma.item():.3f} to {sigma_next.item():.3f}: {verdict.message}")
+    return CheckResult(name, True, "matches diffusers' EulerAncestralDiscreteScheduler.step mid-schedule and at the last step")
+
+exercise(lecture="08b_samplers", name="euler_ancestral_step", checker=check_euler_ancestral_step, reference=_euler_ancestral_step,
+         library="diffusers.EulerAncestralDiscreteScheduler", mistakes=_EULER_A_MISTAKES,
+         used_by="lecture 8b's sampling loop runs your step inside lecture 8's Euler scheduler and draws EulerAncestralDiscreteScheduler's images")
 
 # %% ../nbs/90_exercises.ipynb #38d6ee61
 def check_img2img_timesteps(img2img_timesteps):

@@ -1,4 +1,4 @@
-"""DDPM's training algorithm, line by line, for a text-conditioned latent UNet: a frozen VAE and text encoder whose outputs are computed once, caption dropout for classifier-free guidance, AdamW with warm-up and cosine decay, gradient clipping, an EMA of the weights, `accelerate`, and atomic, resumable checkpoints. Then sdcourse-tiny: the trained model the rest of the course uses, its measured prompt adherence, and pixel versus latent diffusion for the same wall time.
+"""DDPM's training algorithm, line by line, for a text-conditioned latent UNet: a frozen VAE and text encoder whose outputs are computed once, caption dropout for classifier-free guidance, AdamW with warm-up and cosine decay, gradient clipping, an EMA of the weights, `accelerate`, and atomic, resumable checkpoints. Then the production run of sdcourse-tiny, the model the rest of the course uses, pixel versus latent diffusion for the same wall time, and what a training step's time and memory are made of. Lecture 7b measures what the model learned.
 
 Docs: https://sdcourse.github.io/sdcourse/training.html.md"""
 

@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-LECTURES = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
+LECTURES = sorted((ROOT / "nbs").glob("[0-9][0-9]*_*.ipynb"))
 
 
 def shipped_files():

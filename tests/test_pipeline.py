@@ -67,14 +67,16 @@ def test_generate_several_images_seeds_each(tmp_path, capsys):
     assert [png_info(tmp_path / f"d-{i}.png")["seed"] for i in range(3)] == [5, 6, 7]
 
 
-@pytest.mark.parametrize("scheduler", ["pndm", "lms"])
+@pytest.mark.parametrize("scheduler", ["pndm", "lms", "plms"])
 def test_generate_with_stable_diffusions_older_samplers(pipe, tmp_path, capsys, scheduler):
-    "PNDM (PLMS, SD 1.x's default) and LMS from the command line: the image equals generate's, and its recipe reproduces it."
+    "PNDM (PLMS, SD 1.x's default; 'plms' is accepted as its alias) and LMS from the command line: the image equals generate's, and its recipe reproduces it."
     code, _, _ = run(["generate", "a small blue diamond in the top right", "--steps", "8", "--scheduler", scheduler, "-o", str(tmp_path / "p.png")], capsys)
     assert code == 0 and png_info(tmp_path / "p.png")["scheduler"] == scheduler
     expected = generate(pipe, "a small blue diamond in the top right", steps=8, scheduler=scheduler)[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png")), np.asarray(expected))
     assert np.array_equal(np.asarray(reproduce(tmp_path / "p.png")), np.asarray(expected))
+    if scheduler == "plms":  # an alias: the same sampler as pndm, image for image
+        assert np.array_equal(np.asarray(expected), np.asarray(generate(pipe, "a small blue diamond in the top right", steps=8, scheduler="pndm")[0]))
 
 
 def test_console_script(tmp_path):
@@ -154,7 +156,7 @@ def test_bad_input_is_one_line_and_exit_1(argv, says, source, capsys, monkeypatc
     (["generate", "a red circle", "--guidance", "-1", "-o", "x.png"], "argument --guidance: must be a finite number in [0, 50], got -1"),
     (["generate", "a red circle", "--steps", "5000", "-o", "x.png"], "argument --steps"),
     (["img2img", "s.png", "a red circle", "--strength", "1.5", "-o", "x.png"], "argument --strength: must be a finite number in [0, 1]"), (["generate", "x", "-o", "x.png", "--bogus"], "unrecognized arguments"),
-    (["generate", "x", "-o", "x.png", "--scheduler", "plms"], "invalid choice: 'plms'"), ([], "required: COMMAND"),
+    (["generate", "x", "-o", "x.png", "--scheduler", "heun"], "invalid choice: 'heun'"), ([], "required: COMMAND"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(argv, says, capsys):
     with pytest.raises(SystemExit) as exit: main(argv)

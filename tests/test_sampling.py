@@ -190,7 +190,7 @@ def test_generate_outputs(pipe):
     (dict(seed=-1), ValueError, "seed must be an int >= 0"),
     (dict(seed=2**64), ValueError, "seed must be an int >= 0"),
     (dict(seed=[torch.Generator()]), ValueError, "seed is a list of 1 generators for 2 prompts"),
-    (dict(scheduler="plms"), ValueError, r"scheduler='plms' is not accepted; choose one of \('ddpm', 'ddim', 'dpm\+\+', 'euler', 'pndm', 'lms'\)"),
+    (dict(scheduler="heun"), ValueError, r"scheduler='heun' is not accepted; choose one of \('ddpm', 'ddim', 'dpm\+\+', 'euler', 'pndm', 'lms', 'plms'\)"),
     (dict(output_type="np"), ValueError, "output_type='np' is not accepted"),
 ])
 def test_generate_bad_input(pipe, kwargs, error, match):
@@ -282,3 +282,14 @@ def test_measure_sampling_draws_what_it_is_asked_and_grades_the_captions(pipe):
     assert grades(renamed) == grader_accuracy(generate(pipe, other_words, steps=4, scheduler="dpm++"), PROMPTS)  # drawn from `asked`, graded on `prompts`
     assert other_words != PROMPTS and grades(renamed) != grades(measure_sampling(pipe, "dpm++", 4, prompts=PROMPTS))
     with pytest.raises(ValueError, match="asked has 1 prompts for 4 captions"): measure_sampling(pipe, "dpm++", 4, prompts=PROMPTS, asked=PROMPTS[:1])
+
+
+def test_plms_is_an_alias_of_pndm(pipe):
+    "'plms' (SD 1.x's name for PNDM without its Runge-Kutta warm-up) makes the same scheduler as 'pndm' and draws the same images."
+    from sdcourse.sampling import SCHEDULER_ALIASES, scheduler_name
+    assert SCHEDULER_ALIASES == {"plms": "pndm"} and scheduler_name("plms") == "pndm" and scheduler_name("ddim") == "ddim"
+    plms = make_scheduler("plms")
+    assert type(plms).__name__ == "PNDMScheduler" and plms.config.skip_prk_steps and dict(plms.config) == dict(make_scheduler("pndm").config)
+    a, b = (generate(pipe, PROMPTS[:2], steps=6, scheduler=name, output_type="pt") for name in ("plms", "pndm"))
+    assert torch.equal(a, b)
+    assert GuidanceWidget(pipe, scheduler="plms", steps=2, n_images=1).scheduler.value == "pndm"  # the widget lists each sampler once
