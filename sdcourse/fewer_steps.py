@@ -1,4 +1,4 @@
-"""Twenty sampling steps are twenty UNet evaluations, forty with guidance. Two ideas cut them down. Latent consistency distillation (Luo et al., 2023) teaches a student to jump from any noise level straight to the end of the teacher's sampling path, with guidance folded in; trained as a LoRA it becomes LCM-LoRA, one small file that turns sdcourse-tiny into a 4-step model. Flow matching (Lipman et al.; Liu et al., 2022), the objective of Stable Diffusion 3 and Flux, replaces the noise schedule by a straight line from image to noise, so a plain Euler step goes further. We build both from scratch, prove them equal to diffusers' `LCMScheduler` and `FlowMatchEulerDiscreteScheduler`, train them on the course's data, and measure with the grader what each step saved costs in prompt adherence.
+"""Twenty sampling steps are twenty UNet evaluations, forty with guidance. Two ideas cut them down. Latent consistency distillation (Luo et al., 2023) teaches a student to jump from any noise level straight to the end of the teacher's sampling path, with guidance folded in; trained as a LoRA it becomes LCM-LoRA, one small file meant to turn a model into a 4-step one; here a control, the teacher drawn by the same sampler, shows how much of that the sampler alone does. Flow matching (Lipman et al.; Liu et al., 2022), the objective of Stable Diffusion 3 and Flux, replaces the noise schedule by a straight line from image to noise, so a plain Euler step goes further. We build both from scratch, prove them equal to diffusers' `LCMScheduler` and `FlowMatchEulerDiscreteScheduler`, train them on the course's data, and measure with the grader what each step saved costs in prompt adherence.
 
 Docs: https://sdcourse.github.io/sdcourse/fewer_steps.html.md"""
 
@@ -267,7 +267,8 @@ def measure_steps(models, steps=(1, 2, 4, 8, 20), n=200, seed=0):
         for k in steps:
             for split in ("train", "heldout"):
                 scores = measure_sampling(pipe, scheduler, k, guidance_scale, n, split, seed)
-                results[f"{name}, {k}, {split}"] = dict(model=name, steps=k, split=split, unet_calls=k * (2 if both_branches(guidance_scale) else 1), **scores)
+                results[f"{name}, {k}, {split}"] = dict(model=name, steps=k, split=split, n=n, seed=seed,
+                                                        unet_calls=k * (2 if both_branches(guidance_scale) else 1), **scores)
     return results
 
 # %% ../nbs/15_fewer_steps.ipynb #15037b88
