@@ -129,8 +129,11 @@ def test_every_method_of_the_shoot_out_runs_and_reports(method):
 
 
 def test_the_shipped_shoot_out_is_complete():
+    "Every method and image count with three seeds (issue #37: an error bar per cell), and the prior's control at equal star steps."
     runs = json.loads(shipped_path("lectures", "13_personalisation", "shootout.json").read_text())
-    assert sorted((r["method"], r["n_images"]) for r in runs) == sorted((m, n) for m in METHODS for n in (5, 10, 20))
+    assert sorted((r["method"], r["n_images"], r["seed"]) for r in runs) == sorted((m, n, s) for m in METHODS for n in (5, 10, 20) for s in (0, 1, 2))
+    control = json.loads(shipped_path("lectures", "13_personalisation", "prior_control.json").read_text())
+    assert sorted((r["method"], r["n_images"], r["steps"], r["seed"]) for r in control) == [("full fine-tuning", 20, 500, s) for s in (0, 1, 2)]
     assert all(0 <= r["concept"]["shape"] <= 1 and 0 <= r["train"]["all"] <= 1 for r in runs)
     ti = {r["n_images"]: r for r in runs if r["method"] == "textual inversion"}
     assert ti[20]["trainable"] == 64 and ti[20]["megabytes"] < 0.001
@@ -143,7 +146,7 @@ def test_the_shipped_shoot_out_is_complete():
 def test_the_shipped_star_word_scores_what_the_shoot_out_recorded():
     "The shipped `<star>` is the shoot-out's 20-image textual-inversion run: on the shipped model it grades as that run did (an embedding for another text encoder would not)."
     recorded = next(r for r in json.loads(shipped_path("lectures", "13_personalisation", "shootout.json").read_text())
-                    if r["method"] == "textual inversion" and r["n_images"] == 20)
+                    if r["method"] == "textual inversion" and r["n_images"] == 20 and r["seed"] == 0)
     pipe = load_pipeline(device="cpu")
     now = adaptation_scores(pipe, 100, concept_word=load_embedding(pipe, STAR))
     for split in ("concept", "train"):
