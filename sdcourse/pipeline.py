@@ -30,7 +30,7 @@ from .core import (UsageError, atomic_file, check_choice, check_output_folder, i
 from .data import SPLITS, check_imagefolder, export_imagefolder, grade, load_imagefolder, unknown_caption_words
 from .img2img import img2img, inpaint
 from .lora import LORA_FILE, add_lora, concept_cache, finetune, load_lora, lora_file, save_lora, set_lora_strengths
-from .sampling import SCHEDULER_ALIASES, SCHEDULERS, generate, image_side, make_scheduler, max_steps, to_images
+from .sampling import SCHEDULER_NAMES, generate, image_side, make_scheduler, max_steps, to_images
 from .text import train_course_text_encoder
 from .training import images_cache, load_pipeline, train_course_unet
 from .vae import downsample_factor, train_course_vae
@@ -329,7 +329,7 @@ def reproduce(path, device=None):
     now = dict(model=_model_fingerprint(info["model"])) | apply_options(pipe, chosen_options(sampling_options(), info, check=False), info | dict(size=None))["fingerprints"]
     changed = [name for name, value in recorded.items() if now.get(name) != value]
     if changed: warnings.warn(f"{str(path)!r}: the {', '.join(changed)} it records changed since it was made; the image made again may differ")
-    scheduler = info["scheduler"] if info["scheduler"] in (*SCHEDULERS, *SCHEDULER_ALIASES) else None  # a plugin's sampler is set on the pipeline already
+    scheduler = info["scheduler"] if info["scheduler"] in SCHEDULER_NAMES else None  # a plugin's sampler is set on the pipeline already
     return generate(pipe, info["prompt"], info["negative_prompt"] or None, info["steps"], info["guidance_scale"], info["seed"], scheduler)[0]
 
 # %% ../nbs/11_pipeline.ipynb #bbac7e44
@@ -419,7 +419,7 @@ def _run_sampling(args):
     if source: _check_source(pipe, source, "image")
     recipe = apply_options(pipe, chosen, vars(args) | dict(size=source.size if source else None))
     recipe["fingerprints"] = dict(model=_model_fingerprint(args.model)) | recipe["fingerprints"]
-    scheduler = make_scheduler(args.scheduler, pipe.scheduler.config) if args.scheduler in (*SCHEDULERS, *SCHEDULER_ALIASES) else pipe.scheduler  # else: an option set it
+    scheduler = make_scheduler(args.scheduler, pipe.scheduler.config) if args.scheduler in SCHEDULER_NAMES else pipe.scheduler  # else: an option set it
     _check_steps(args, scheduler)
     common = dict(negative_prompt=args.negative, steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=scheduler, output_type="latent")
     prompts, start = [args.prompt] * args.num_images, time.time()
@@ -551,7 +551,7 @@ def _sampling_arguments(shared):
     sampling.add_argument("-n", "--num-images", type=bounded(int, 1, 100), default=1, help="how many images")
     options = sampling_options()
     for option in options: option.add_arguments(sampling)
-    sampling.add_argument("--scheduler", default="dpm++", choices=sorted(SCHEDULERS) + sorted(SCHEDULER_ALIASES) + [n for o in options for n in o.schedulers], help="sampler")
+    sampling.add_argument("--scheduler", default="dpm++", choices=sorted(SCHEDULER_NAMES) + [n for o in options for n in o.schedulers], help="sampler")
     sampling.set_defaults(options=options)  # before the subcommands copy `sampling`
     return sampling
 
