@@ -7,13 +7,13 @@ Docs: https://sdcourse.github.io/sdcourse/core.html.md"""
 # %% auto #0
 __all__ = ['DEVICE_KINDS', 'PICKLE_SUFFIXES', 'MANIFEST', 'DIFFUSION_FIELDS', 'available_devices', 'get_device',
            'seed_everything', 'seeded', 'make_generator', 'pil_to_tensor', 'tensor_to_pil', 'unit_to_signed',
-           'signed_to_unit', 'image_row', 'show_images', 'rendering_page', 'progress', 'cache_dir', 'results_path',
-           'quiet_libraries', 'check_int', 'check_number', 'check_choice', 'UsageError', 'process_count',
-           'is_main_process', 'check_one_process', 'temporary_sibling', 'new_file_mode', 'publish', 'atomic_file',
-           'write_json', 'training_record', 'save_tensors', 'save_weights', 'read_safetensors', 'load_weights',
-           'weight_files', 'check_safetensors_folder', 'load_pretrained', 'config_dir', 'write_manifest',
-           'read_manifest', 'foreign_files', 'manifest_kind', 'missing_files', 'check_output_folder', 'replace_folder',
-           'save_pretrained_atomic', 'shipped_path', 'TrainConfig', 'make_recipe', 'recipe_arguments']
+           'signed_to_unit', 'image_row', 'show_images', 'share_errors', 'rendering_page', 'progress', 'cache_dir',
+           'results_path', 'quiet_libraries', 'check_int', 'check_number', 'check_choice', 'UsageError',
+           'process_count', 'is_main_process', 'check_one_process', 'temporary_sibling', 'new_file_mode', 'publish',
+           'atomic_file', 'write_json', 'training_record', 'save_tensors', 'save_weights', 'read_safetensors',
+           'load_weights', 'weight_files', 'check_safetensors_folder', 'load_pretrained', 'config_dir',
+           'write_manifest', 'read_manifest', 'foreign_files', 'manifest_kind', 'missing_files', 'check_output_folder',
+           'replace_folder', 'save_pretrained_atomic', 'shipped_path', 'TrainConfig', 'make_recipe', 'recipe_arguments']
 
 # %% ../nbs/00_core.ipynb #1f46a43a
 import dataclasses, json, os, random, shutil, time
@@ -149,6 +149,13 @@ def show_images(images, captions=None, ncols=8, size=1.5, signed=False, title=No
         if lines: ax.set_title(lines[i], fontsize=_CAPTION_POINTS)
     if title: fig.suptitle(title)
     return fig  # constrained layout: a row's captions never overlap the images above (tight_layout let them)
+
+# %% ../nbs/00_core.ipynb #k0000002
+def share_errors(n, *shares, seeds=None):
+    "'n = 200 (seeds 0-199); ± 0.031 / 0.045': `n`, the seeds, and two standard errors of each share in `shares`, each measured on `n` images."
+    n = check_int("n", n, 1)
+    errors = " / ".join(f"{2 * (p * (1 - p) / n) ** 0.5:.3f}" for p in map(float, shares))
+    return f"n = {n}" + (f" ({seeds})" if seeds else "") + (f"; ± {errors}" if shares else "")
 
 # %% ../nbs/00_core.ipynb #f005eada
 def rendering_page():

@@ -8,12 +8,12 @@ Docs: https://sdcourse.github.io/sdcourse/data.html.md"""
 __all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPE', 'POSITIONS', 'SIZES', 'BACKGROUNDS', 'HELDOUT_COMBOS', 'SPLITS', 'SUPERSAMPLE',
            'POSITION_PHRASES', 'SIZE_WORDS', 'TEMPLATES', 'BACKGROUND_WORDS', 'BARE_POSITIONS', 'REQUESTS', 'PHRASINGS',
            'TRAIN_PHRASINGS', 'HELDOUT_PHRASINGS', 'CAPTION_PHRASINGS', 'FILLER_WORDS', 'CAPTION_WORDS', 'NEAR_WORDS',
-           'SHAPE_MOMENTS', 'SPEC_FILE', 'Attributes', 'shape_mask', 'jitter', 'render_with_mask', 'render',
-           'template_caption', 'make_caption', 'sample_attributes', 'make_example', 'example_caption', 'example_mask',
-           'ShapesDataset', 'read_caption', 'parse_caption', 'unknown_caption_words', 'word_hint', 'estimate_alpha',
-           'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy', 'entropy_bits', 'eval_prompts',
-           'export_imagefolder', 'check_imagefolder', 'load_imagefolder', 'course_dataset', 'dataset_tensors',
-           'dataset_images', 'heldout_images']
+           'SHAPE_MOMENTS', 'SPEC_FILE', 'MIN_SOLIDITY', 'Attributes', 'shape_mask', 'jitter', 'render_with_mask',
+           'render', 'template_caption', 'make_caption', 'sample_attributes', 'make_example', 'example_caption',
+           'example_mask', 'ShapesDataset', 'read_caption', 'parse_caption', 'unknown_caption_words', 'word_hint',
+           'estimate_alpha', 'fit_shapes', 'read_attributes', 'grade', 'grader_accuracy', 'entropy_bits',
+           'eval_prompts', 'export_imagefolder', 'check_imagefolder', 'load_imagefolder', 'course_dataset',
+           'dataset_tensors', 'dataset_images', 'heldout_images', 'finer_coverage', 'convex_check']
 
 # %% ../nbs/01_data.ipynb #b96f96d6
 import csv, json, math, re, warnings
@@ -479,3 +479,16 @@ def dataset_images(n, split="train", seed=0, size=64):
 def heldout_images(n=500):
     "Images no model trains on (seed 1): `n` of the training split, then `n` of the held-out pairs, [2n, 3, 64, 64] in [-1, 1]."
     return torch.cat([dataset_images(n, "train", seed=1), dataset_images(n, "heldout", seed=1)])
+
+# %% ../nbs/01_data.ipynb #g1000007
+MIN_SOLIDITY = 0.9  # a diamond or square the grader reads must be at least this solid, at 4x resolution
+
+def finer_coverage(alpha, factor=4):
+    "The coverage [H, W] resampled to `factor` x the resolution (bilinear): [factor H, factor W], its edges no longer in whole-pixel steps."
+    return np.asarray(Image.fromarray(np.asarray(alpha, dtype=np.float32)).resize((alpha.shape[1] * factor, alpha.shape[0] * factor), Image.BILINEAR))
+
+def convex_check(image, solidity, shapes=("diamond", "square"), min_solidity=MIN_SOLIDITY):
+    """False when the grader reads `image` as one of `shapes` (what a concave spark passes for) but the coverage, at 4x resolution, is less solid
+    than `min_solidity`; True otherwise. `solidity(alpha)` is this lecture's exercise (yours once it passes): the grader alone does not compute it."""
+    _, _, alpha = estimate_alpha(image)
+    return alpha is None or read_attributes(image)["shape"] not in shapes or solidity(finer_coverage(alpha)) >= min_solidity

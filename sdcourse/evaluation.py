@@ -7,7 +7,7 @@ Docs: https://sdcourse.github.io/sdcourse/evaluation.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_SIZE', 'EVALUATE_COMMAND', 'check_images', 'check_captions', 'real_images', 'image_features',
            'reference_features', 'clip_score', 'check_features', 'gaussian_stats', 'sqrtm_psd', 'frechet_distance',
-           'fid', 'polynomial_kernel', 'mmd2_unbiased', 'kid', 'diversity', 'evaluate_images',
+           'fid', 'polynomial_kernel', 'mmd2_unbiased', 'kid', 'diversity', 'precision_recall', 'evaluate_images',
            'read_images_with_captions']
 
 # %% ../nbs/12_evaluation.ipynb #81734498
@@ -136,10 +136,22 @@ def diversity(features):
 
 
 
+# %% ../nbs/12_evaluation.ipynb #pr000002
+def precision_recall(real, generated, k=3):
+    """Improved precision and recall (Kynkaenniemi et al., 2019) of `generated` features [N, D] against `real` [M, D]: precision, the share of generated
+    features within the k-th-nearest-neighbour radius of some real feature; recall, the share of real features within that of some generated one."""
+    real, generated = check_features(real, "real"), check_features(generated, "generated")
+    k = check_int("k", k, 1, min(len(real), len(generated)) - 1)
+    def inside(points, manifold):  # points [P, D] within the balls around manifold [Q, D], each ball out to its k-th neighbour (itself, at 0, is the 0th)
+        radii = torch.cdist(manifold, manifold).kthvalue(k + 1, dim=1).values  # [Q]
+        return (torch.cdist(points, manifold) <= radii).any(dim=1).double().mean().item()  # [P, Q] -> share of points in some ball
+    return dict(precision=inside(generated, real), recall=inside(real, generated))
+
 # %% ../nbs/12_evaluation.ipynb #727bf217
 def evaluate_images(images, captions, reference=None, clip=None, tokenizer=None, reference_n=1000):
     """Every number this lecture teaches, for generated `images` and the `captions` they were made for: the grader's adherence, CLIP score,
-    FID and KID against `reference` real images (default: `reference_n` fresh course images), and diversity."""
+    FID and KID against `reference` real images (default: `reference_n` fresh course images), precision and recall against as many of them
+    as there are images (`precision_recall`), and diversity."""
     images = check_images(images)
     captions = check_captions(captions, len(images))
     if clip is None: clip, tokenizer = load_mini_clip()
@@ -147,8 +159,10 @@ def evaluate_images(images, captions, reference=None, clip=None, tokenizer=None,
     real = reference_features(reference_n, clip) if reference is None else image_features(check_images(reference, "reference"), clip)
     generated = image_features(images, clip)
     kid_mean, kid_std = kid(generated, real, subset_size=min(100, len(images), len(real)))
+    same_size = real[:len(generated)]  # precision and recall compare sets of one size
     return dict(images=len(images), grader_all=grader_accuracy(images, captions)["all"], clip_score=clip_score(images, captions, clip, tokenizer),
-                fid=fid(generated, real), kid=kid_mean, kid_std=kid_std, diversity=diversity(generated), reference_images=len(real))
+                fid=fid(generated, real), kid=kid_mean, kid_std=kid_std, **precision_recall(same_size, generated, k=min(3, len(same_size) - 1)),
+                diversity=diversity(generated), reference_images=len(real))
 
 # %% ../nbs/12_evaluation.ipynb #3048d1d6
 def read_images_with_captions(paths):
@@ -186,7 +200,8 @@ def _run_evaluate(args):
     print(f"{r['images']} images against {r['reference_images']} fresh course images (FID, KID and CLIP score use mini-CLIP's features, not Inception's)")
     print(f"grader: {r['grader_all']:.3f} of the images right in every attribute their prompt names")
     print(f"CLIP score: {r['clip_score']:.2f}  (0 to 100, higher is better)")
-    print(f"FID: {r['fid']:.3f}  KID: {r['kid']:.4f} +- {r['kid_std']:.4f}  (lower is better; compare FIDs only at equal image counts)")
+    print(f"FID: {r['fid']:.3f}  KID: {r['kid']:.4f} (spread over subsets {r['kid_std']:.4f}; lower is better; compare FIDs only at equal image counts)")
+    print(f"precision: {r['precision']:.3f}  recall: {r['recall']:.3f}  (realistic: share of the images on the real images' manifold; varied: share of {r['images']} real images on theirs)")
     print(f"diversity: {r['diversity']:.3f}  (mean pairwise cosine distance of the images' features)")
 
 def _evaluate_arguments(p):

@@ -6,12 +6,12 @@ Docs: https://sdcourse.github.io/sdcourse/fewer_steps.html.md"""
 
 # %% auto #0
 __all__ = ['SIGMA_DATA', 'TIMESTEP_SCALING', 'ORIGINAL_STEPS', 'LCM_GUIDANCE', 'LCM_TARGETS', 'LCM_LORA', 'VALIDATION_SEED',
-           'LCM_RECIPE', 'LCM_LORA_RECIPE', 'FLOW_UNET', 'METRIC_SETTINGS', 'LCM_STEPS', 'LCM_OPTION',
+           'LCM_RECIPE', 'LCM_LORA_RECIPE', 'SIGMA_SAMPLING', 'FLOW_UNET', 'METRIC_SETTINGS', 'LCM_STEPS', 'LCM_OPTION',
            'consistency_scalings', 'consistency_output', 'solver_timesteps', 'lcm_timesteps', 'ScratchLCMScheduler',
            'lcm_batch', 'teacher_step', 'pseudo_huber', 'consistency_loss', 'lcm_validation', 'distill_lcm',
-           'flow_interpolate', 'flow_loss', 'flow_sigmas', 'ScratchFlowScheduler', 'train_flow_unet',
-           'load_flow_pipeline', 'lcm_lora_path', 'check_lcm_lora', 'with_lcm', 'few_step_models', 'measure_steps',
-           'measure_metrics']
+           'flow_interpolate', 'shift_sigmas', 'training_sigmas', 'flow_loss', 'flow_sigmas', 'ScratchFlowScheduler',
+           'train_flow_unet', 'flow_scheduler', 'load_flow_pipeline', 'lcm_lora_path', 'check_lcm_lora', 'with_lcm',
+           'few_step_models', 'measure_steps', 'measure_metrics']
 
 # %% ../nbs/15_fewer_steps.ipynb #881bf4e3
 import copy, dataclasses, warnings
@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from .core import TrainConfig, UsageError, check_int, get_device, load_pretrained, make_recipe, read_safetensors, seeded, shipped_path
+from .core import TrainConfig, UsageError, check_choice, check_int, get_device, load_pretrained, make_recipe, read_safetensors, seeded, shipped_path
 from .data import eval_prompts
 from .evaluation import evaluate_images, real_images
 from .lora import TARGETS, add_lora, check_lora_fits, load_lora, lora_file, lora_metadata, set_lora_strengths
@@ -121,9 +121,15 @@ LCM_LORA = "sdcourse-tiny-lcm-lora"  # the shipped LCM-LoRA's folder, beside sdc
 
 VALIDATION_SEED = 2  # captions for choosing when to stop: neither the training images' (seed 0) nor the test set's (seed 1, `eval_prompts`)
 
-def lcm_validation(pipe, n=100, steps=4):
-    "An `eval_fn` for `distill_lcm` (lecture 8's `sampling_eval`): the grader on `n` validation captions of the training pairs, drawn by the student in `steps` LCM steps without guidance."
-    return sampling_eval(pipe, ScratchLCMScheduler(dict(pipe.scheduler.config)), steps, 1.0, {"validation": eval_prompts(n, "train", seed=VALIDATION_SEED)})
+def lcm_validation(pipe, n=100, steps=(1, 2)):
+    """An `eval_fn` for `distill_lcm` (lecture 8's `sampling_eval`): the grader on `n` validation captions of the training pairs, drawn by the student
+    without guidance in each of `steps` LCM steps ("validation_1_all", ...), and "validation_all", their mean: 1 and 2 steps, where the control falls short."""
+    captions = eval_prompts(n, "train", seed=VALIDATION_SEED)
+    evals = [sampling_eval(pipe, ScratchLCMScheduler(dict(pipe.scheduler.config)), k, 1.0, {f"validation_{k}": captions}) for k in steps]
+    def eval_fn(unet):
+        scores = {key: value for fn in evals for key, value in fn(unet).items()}  # {"validation_1_all": ..., "validation_2_colour": ...}
+        return scores | {"validation_all": sum(scores[f"validation_{k}_all"] for k in steps) / len(steps)}
+    return eval_fn
 
 LCM_RECIPE = TrainConfig(steps=1000, batch_size=64, lr=1e-5, warmup=100, ema_decay=0.99, p_uncond=0.0)  # the whole-UNet student's (the targets come from its EMA too)
 LCM_LORA_RECIPE = dataclasses.replace(LCM_RECIPE, lr=1e-4)  # the LCM-LoRA's: a LoRA learns at ten times the rate
@@ -166,27 +172,42 @@ def flow_interpolate(x0, noise, sigma):
     s = sigma.view(-1, *[1] * (x0.ndim - 1))  # [B, 1, 1, 1]
     return (1 - s) * x0 + s * noise
 
-def flow_loss(unet, schedule, x0, context, t, noise):
-    "A `loss_fn` for lecture 7's `train_unet`: regress the velocity noise - x0 at sigma = (t + 1) / T, telling the UNet the timestep sigma T."
-    sigma = (t + 1).float() / schedule.T  # [B] in (0, 1]: 1 is pure noise, as the sampler's first step
+# %% ../nbs/15_fewer_steps.ipynb #f15a0002
+def shift_sigmas(sigma, shift=1.0):
+    "SD3's timestep shift: sigma -> shift sigma / (1 + (shift - 1) sigma); shift > 1 spends more of training and sampling at high noise."
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+SIGMA_SAMPLING = ("uniform", "logit-normal")  # how training draws sigma: evenly, or SD3's logit-normal (m = 0, s = 1)
+
+def training_sigmas(t, T=1000, sampling="uniform", shift=1.0):
+    """The noise level each item of a batch trains at ([B]), from the uniform timesteps `t` [B] that `train_unet` draws: 'uniform' is (t + 1) / T;
+    'logit-normal' is sigmoid(u) with u ~ N(0, 1), taken through the normal quantile of (t + 0.5) / T; then `shift_sigmas`."""
+    check_choice("sampling", sampling, SIGMA_SAMPLING)
+    if sampling == "uniform": sigma = (t + 1).double() / T  # [B] in (0, 1]: 1 is pure noise, as the sampler's first step
+    else: sigma = torch.sigmoid(torch.special.ndtri((t.double() + 0.5) / T))  # [B]: the logit-normal's quantiles, most of them near 0.5
+    return shift_sigmas(sigma, shift).float()
+
+# %% ../nbs/15_fewer_steps.ipynb #f15a0005
+def flow_loss(unet, schedule, x0, context, t, noise, sampling="uniform", shift=1.0):
+    "A `loss_fn` for lecture 7's `train_unet`: regress the velocity noise - x0 at sigma = `training_sigmas(t)`, telling the UNet the timestep sigma T."
+    sigma = training_sigmas(t, schedule.T, sampling, shift)  # [B]
     v = unet(flow_interpolate(x0, noise, sigma), sigma * schedule.T, encoder_hidden_states=context).sample  # [B, 4, 8, 8]
     return F.mse_loss(v.float(), (noise - x0).float())
 
-def flow_sigmas(steps, T=1000):
-    "The noise levels of `steps` Euler steps, evenly spaced from 1 down to 1 / T, then 0 (the clean latents): [steps + 1], as `FlowMatchEulerDiscreteScheduler`."
+# %% ../nbs/15_fewer_steps.ipynb #f15a0007
+def flow_sigmas(steps, T=1000, shift=1.0):
+    """The noise levels of `steps` Euler steps: evenly spaced from 1 down to 1 / steps, shifted (`shift_sigmas`), then 0 (the clean latents): [steps + 1].
+    FluxPipeline passes diffusers' `FlowMatchEulerDiscreteScheduler` this grid; the scheduler's own ends at 1 / T, and its last step, from 1 / T to 0, is wasted."""
     steps = check_int("steps", steps, 1, T)
-    lowest = (torch.tensor(1.0) / T).item()  # float32's 1 / T, as diffusers computes it
-    timesteps = torch.linspace(T, lowest * T, steps, dtype=torch.float64)  # [steps], in float64 as diffusers' numpy
-    return torch.cat([(timesteps / T).float(), torch.zeros(1)])
+    return torch.cat([shift_sigmas(torch.tensor([1 - i / steps for i in range(steps)]), shift), torch.zeros(1)])  # float32, as diffusers rounds them
 
 class ScratchFlowScheduler:
     "Euler steps of the flow ODE dx/dsigma = v behind the interface lecture 8's loop needs (no `scale_model_input`: x goes in as it is)."
-    def __init__(self, T=1000): self.config = dict(num_train_timesteps=T, shift=1.0)  # a `shift` and no prediction_type: a flow-matching scheduler
+    def __init__(self, T=1000, shift=1.0): self.config = dict(num_train_timesteps=T, shift=shift)  # a `shift` and no prediction_type: a flow-matching scheduler
 
     def set_timesteps(self, steps, device=None):
-        T = self.config["num_train_timesteps"]
-        self.sigmas = flow_sigmas(steps, T).to(device)  # [steps + 1]
-        self.timesteps = self.sigmas[:-1] * T  # [steps]: what the UNet is told
+        self.sigmas = flow_sigmas(steps, self.config["num_train_timesteps"], self.config["shift"]).to(device)  # [steps + 1]
+        self.timesteps = self.sigmas[:-1] * self.config["num_train_timesteps"]  # [steps]: what the UNet is told
 
     def step(self, v, t, x, generator=None):
         i = (self.timesteps == t).nonzero()[0, 0].item()
@@ -195,27 +216,38 @@ class ScratchFlowScheduler:
 # %% ../nbs/15_fewer_steps.ipynb #3bccf476
 FLOW_UNET = ("lectures", "15_fewer_steps", "flow-unet")  # the shipped flow-matching UNet, beside this lecture's records
 
-def train_flow_unet(cache,            # lecture 7's training cache
-                    config=None,      # a `TrainConfig`; None: `TINY_RECIPE`, sdcourse-tiny's (its `seed` draws the UNet's initial weights too)
+def train_flow_unet(cache,              # lecture 7's training cache
+                    config=None,        # a `TrainConfig`; None: `TINY_RECIPE`, sdcourse-tiny's (its `seed` draws the UNet's initial weights too)
                     *,
-                    checkpoint=None,  # a safetensors file to save to (and resume from)
-                    resume=False,     # continue the run saved in `checkpoint`
-                    eval_fn=None,     # measures the EMA weights every `eval_every` steps (`sampling_eval` with the flow sampler)
-                    eval_every=None,  # steps between evaluations
-                    device=None,      # None: CUDA, then MPS, then the CPU
-                    **changes):       # `TrainConfig` fields to change: `train_flow_unet(cache, steps=2, batch_size=8)`
+                    sampling="uniform", # how sigma is drawn in training: "uniform" or SD3's "logit-normal" (`training_sigmas`)
+                    shift=1.0,          # SD3's timestep shift, in training (and recorded for sampling by `flow_scheduler`)
+                    checkpoint=None,    # a safetensors file to save to (and resume from)
+                    resume=False,       # continue the run saved in `checkpoint`
+                    eval_fn=None,       # measures the EMA weights every `eval_every` steps (`sampling_eval` with the flow sampler)
+                    eval_every=None,    # steps between evaluations
+                    device=None,        # None: CUDA, then MPS, then the CPU
+                    **changes):         # `TrainConfig` fields to change: `train_flow_unet(cache, steps=2, batch_size=8)`
     "Lecture 7's sdcourse-tiny recipe with the flow-matching objective: a new `make_unet()` trained on `cache`; returns `(UNet with EMA weights, history)`."
     c = make_recipe(config, TINY_RECIPE, trainer="train_flow_unet", **changes)
+    check_choice("sampling", sampling, SIGMA_SAMPLING)
+    loss_fn = lambda *batch: flow_loss(*batch, sampling=sampling, shift=shift)
     with seeded(c.seed): unet = make_unet()
-    ema, history = train_unet(unet, cache, c, checkpoint=checkpoint, resume=resume, eval_fn=eval_fn, eval_every=eval_every, device=device, loss_fn=flow_loss)
+    ema, history = train_unet(unet, cache, c, checkpoint=checkpoint, resume=resume, eval_fn=eval_fn, eval_every=eval_every, device=device, loss_fn=loss_fn)
     return ema_unet(unet, ema), history
 
+def flow_scheduler(path=None):
+    "The flow model's sampler: diffusers' `FlowMatchEulerDiscreteScheduler` with the `shift` saved beside the UNet at `path` (shift 1 when none is)."
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    folder = shipped_path(*FLOW_UNET) if path is None else Path(path)
+    if (folder / FlowMatchEulerDiscreteScheduler.config_name).is_file(): return FlowMatchEulerDiscreteScheduler.from_pretrained(folder)
+    return FlowMatchEulerDiscreteScheduler()
+
 def load_flow_pipeline(path=None, device=None):
-    "sdcourse-tiny's VAE and text encoder with the flow-matching UNet (the shipped one unless `path`, a `save_pretrained` folder), sampled by `FlowMatchEulerDiscreteScheduler`."
-    from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
+    "sdcourse-tiny's VAE and text encoder with the flow-matching UNet (the shipped one unless `path`, a `save_pretrained` folder), sampled by `flow_scheduler(path)`."
+    from diffusers import UNet2DConditionModel
     base = load_pipeline(device=device)
     unet = load_pretrained(UNet2DConditionModel, shipped_path(*FLOW_UNET) if path is None else path, "flow UNet", torch_dtype=torch.float32).to(base.device)
-    return make_pipeline(unet.eval(), base.vae, base.text_encoder, base.tokenizer, FlowMatchEulerDiscreteScheduler())
+    return make_pipeline(unet.eval(), base.vae, base.text_encoder, base.tokenizer, flow_scheduler(path))
 
 # %% ../nbs/15_fewer_steps.ipynb #4b2cec9e
 def lcm_lora_path(path=None):
@@ -288,7 +320,7 @@ def measure_metrics(models, settings=METRIC_SETTINGS, n=200, seed=0):
     return results
 
 # %% ../nbs/15_fewer_steps.ipynb #e8553ba8
-LCM_STEPS = (1, 8)  # the step counts worth asking the LCM-LoRA for: chosen at 4, no gain past 8 (the lecture's table)
+LCM_STEPS = (1, 8)  # the step counts worth asking the LCM-LoRA for: chosen on 1 and 2 steps, no gain past 8 (the lecture's table)
 
 def _lcm_arguments(parser):
     parser.add_argument("--lcm-lora", default=None, help="the LCM-LoRA for --scheduler lcm (a folder or .safetensors file); default: the course's, for sdcourse-tiny")
@@ -305,7 +337,7 @@ def _apply_lcm(pipe, options):
     "Make the pipeline an LCM (`with_lcm`), keeping a --lora active beside it; returns what the recipe records."
     steps, guidance = options.get("steps"), options.get("guidance", options.get("guidance_scale"))
     if steps is not None and not LCM_STEPS[0] <= steps <= LCM_STEPS[1]:
-        warnings.warn(f"--steps {steps} with --scheduler lcm: the LCM-LoRA was chosen at 4 steps and gains nothing past "
+        warnings.warn(f"--steps {steps} with --scheduler lcm: the LCM-LoRA was chosen on 1 and 2 steps and gains nothing past "
                       f"{LCM_STEPS[1]} (lecture 15 measures it); more steps only re-noise the image more often")
     if guidance is not None and guidance > 1:
         warnings.warn(f"--guidance {guidance:g} with --scheduler lcm: guidance 5 is already distilled into the LCM-LoRA; guiding again doubles "

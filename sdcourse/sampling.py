@@ -8,8 +8,9 @@ Docs: https://sdcourse.github.io/sdcourse/sampling.html.md"""
 __all__ = ['SPACINGS', 'SCHEDULERS', 'SCHEDULER_ALIASES', 'SCHEDULER_NAMES', 'SAMPLING_COSTS', 'sampling_timesteps',
            'alpha_bar_at', 'predict_x0', 'ddpm_step', 'ddim_step', 'guided_noise', 'draw_noise', 'seed_generators',
            'sigma_at', 'euler_step', 'ScratchScheduler', 'scheduler_name', 'make_scheduler', 'max_steps', 'image_side',
-           'unknown_words_message', 'prediction_target', 'check_generation', 'both_branches', 'text_context', 'denoise',
-           'to_images', 'generate', 'slerp', 'measure_sampling', 'grades', 'sampling_eval', 'GuidanceWidget']
+           'unknown_words_message', 'prediction_target', 'set_steps', 'check_generation', 'both_branches',
+           'text_context', 'denoise', 'to_images', 'generate', 'slerp', 'measure_sampling', 'grades', 'sampling_eval',
+           'GuidanceWidget']
 
 # %% ../nbs/08_sampling.ipynb #cafdf4a0
 import inspect, io, time, unicodedata, warnings
@@ -242,6 +243,12 @@ def prediction_target(scheduler):
     for a flow-matching scheduler (lecture 15), whose config has a `shift` and no prediction type. A model's own scheduler records how it was trained."""
     config = scheduler.config
     return config.get("prediction_type") or ("flow velocity" if "shift" in config else "epsilon")
+def set_steps(scheduler, steps, device=None):
+    """`scheduler.set_timesteps(steps)`, except a flow-matching scheduler that takes `sigmas`: it gets them evenly spaced from 1 down to 1 / steps, as
+    FluxPipeline gives them (lecture 15). Its own grid ends at sigma = 1 / T, and its last step, from 1 / T to 0, would be a UNet call that changes nothing."""
+    if prediction_target(scheduler) == "flow velocity" and "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
+        scheduler.set_timesteps(sigmas=[1 - i / steps for i in range(steps)], device=device)
+    else: scheduler.set_timesteps(steps, device=device)
 
 # %% ../nbs/08_sampling.ipynb #de2a2531
 def check_generation(pipe, prompt, negative_prompt, steps, guidance_scale, scheduler):
@@ -330,7 +337,7 @@ def generate(pipe,                  # a pipeline, or anything with `unet`, `vae`
     # 1. text: the prompts, and the "unconditional" branch (the negative prompts; "" when none)
     context = text_context(pipe, prompts, negatives, guidance_scale)
     # 2. the timesteps, and x_T ~ N(0, I) scaled to the scheduler's first noise level
-    scheduler.set_timesteps(steps, device=unet.device)
+    set_steps(scheduler, steps, unet.device)
     x = draw_noise((len(prompts), unet.config.in_channels, height // factor, width // factor), generator, unet.device, unet.dtype)
     x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching (lecture 15) starts from the noise itself
     # 3. denoise: predict the noise for both branches, guide, step; 4. decode

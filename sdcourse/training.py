@@ -368,17 +368,19 @@ def train_course_unet(config=None,        # a `TrainConfig`; None: `TINY_RECIPE`
                       guidance_scale=5.0,  # guidance of that measurement
                       out=None,            # the folder for the whole pipeline; None: the course cache, never the shipped model
                       checkpoint=None,     # a safetensors file to save to and resume from (a checkpoint of this same run is resumed)
+                      text_encoder=None,   # a frozen (CLIPTextModel, tokenizer); None: lecture 4's trained one (a control run gives another)
                       device=None,         # None: CUDA, then MPS, then the CPU
                       overwrite=False,     # replace `out` if it holds an earlier sdcourse output (never anything else)
                       **changes):          # `TrainConfig` fields to change: `train_course_unet(steps=3500, min_snr_gamma=5.0)`
     """Train sdcourse-tiny's UNet (`TINY_RECIPE`) and save the whole pipeline with a training record. Under `accelerate launch` (N processes)
     every process trains its slice of each batch and the main one measures and saves; the others return `(pipe, None)`."""
-    c = make_recipe(config, TINY_RECIPE, trainer="train_course_unet", **changes)
+    c, own_encoder = make_recipe(config, TINY_RECIPE, trainer="train_course_unet", **changes), text_encoder is not None
     out = cache_dir("models") / "sdcourse-tiny" if out is None else Path(out)
     check_output_folder(out, overwrite)  # before the work, not after it
     device = get_device(device)
     checkpoint = Path(checkpoint) if checkpoint else cache_dir("checkpoints") / "sdcourse-tiny-unet.safetensors"
-    vae, (text_encoder, tokenizer) = load_vae(device=device), load_text_encoder(device=device)
+    vae, (text_encoder, tokenizer) = load_vae(device=device), text_encoder or load_text_encoder(device=device)
+    text_encoder = text_encoder.to(device).eval().requires_grad_(False)
     cache = cache_training_data(vae, text_encoder, tokenizer, n_images)
     with seeded(c.seed): unet = make_unet().to(device)
     ema, history = train_unet(unet, cache, c, checkpoint=checkpoint, resume=checkpoint.exists(),
@@ -386,9 +388,10 @@ def train_course_unet(config=None,        # a `TrainConfig`; None: `TINY_RECIPE`
     pipe = make_pipeline(ema_unet(unet, ema), vae, text_encoder, tokenizer)
     if not is_main_process(): return pipe, None  # with several processes (accelerate launch), the main one measures and saves
     quality = adherence_groups(pipe, n_eval, guidance_scale=guidance_scale)  # every group of `ADHERENCE_GROUPS`
-    record = training_record(f"python -c \"from sdcourse.training import train_course_unet; train_course_unet({recipe_arguments(c, TINY_RECIPE)})\"",
+    given = ", text_encoder=(your encoder, its tokenizer)" if own_encoder else ""
+    record = training_record(f"python -c \"from sdcourse.training import train_course_unet; train_course_unet({recipe_arguments(c, TINY_RECIPE)}{given})\"",
                              history, history[-1]["seconds"], device, config=c, n_train_images=n_images, phrasings=list(CAPTION_PHRASINGS),
-                             parameters=sum(p.numel() for p in unet.parameters()),
+                             parameters=sum(p.numel() for p in unet.parameters()), text_encoder="given by the caller" if own_encoder else "the trained mini-CLIP text tower",
                              adherence=dict(quality, images=n_eval, sampler="DPM-Solver++", steps=20, guidance_scale=guidance_scale),
                              final_loss=sum(h["loss"] for h in history[-100:]) / len(history[-100:]))
     vae_record = shipped_path("sdcourse-tiny", "vae", "training.json")  # keep the VAE's record beside the new pipeline

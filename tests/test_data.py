@@ -297,3 +297,40 @@ def test_an_export_remembers_its_phrasings(tmp_path, monkeypatch):
     after = list(data.course_dataset(8)["text"])
     assert after == [example_caption(i) for i in range(8)] and after != before
     with pytest.raises(FileExistsError, match="holds another dataset"): export_imagefolder(tmp_path / "mine", 8)
+
+
+def test_convex_check_rejects_a_spark_the_grader_reads_as_a_diamond():
+    "Lecture 1's second opinion: a concave spark passes the grader as a diamond; at 4x resolution its solidity is far below a diamond's."
+    import math
+    from PIL import ImageDraw
+    from sdcourse.data import convex_check, estimate_alpha, finer_coverage
+    from sdcourse.exercises import reference
+    solidity = reference("solidity")
+    def spark(inner):
+        c = Image.new("L", (256, 256), 0)
+        ImageDraw.Draw(c).polygon([(128 + (80 if k % 2 == 0 else 80 * inner) * math.cos(k * math.pi / 4 - math.pi / 2),
+                                    128 + (80 if k % 2 == 0 else 80 * inner) * math.sin(k * math.pi / 4 - math.pi / 2)) for k in range(8)], fill=255)
+        a = np.asarray(c.resize((64, 64), Image.BOX), dtype=np.float32)[..., None] / 255
+        return Image.fromarray(np.round(255 * (1 - a) + np.array([220, 50, 47]) * a).astype(np.uint8), "RGB")
+    image = spark(0.45)
+    assert read_attributes(image)["shape"] == "diamond" and not convex_check(image, solidity)
+    for shape in SHAPES:  # every convex shape the dataset draws passes, large and small
+        for size in ("large", "small"):
+            drawn = render(Attributes("blue", shape, "center", size, "white"), 64, np.random.default_rng(0))
+            assert convex_check(drawn, solidity), (shape, size)
+    alpha = estimate_alpha(image)[2]
+    assert finer_coverage(alpha).shape == (256, 256) and abs(finer_coverage(alpha).mean() - alpha.mean()) < 0.01  # resampled, not rescaled
+    assert convex_check(Image.new("RGB", (64, 64), (255, 255, 255)), solidity)  # a blank image has no shape to reject
+
+
+def test_the_labelled_generated_images_are_graded_as_lecture_1_reports():
+    "The 104 labelled images ship with the course: every file is there, and the grader passes no image a person fails at w = 1 and fails none a person passes."
+    import json
+    from sdcourse.core import shipped_path
+    folder = shipped_path("lectures", "01_data", "generated")
+    labels = json.loads((folder / "labels.json").read_text())["images"]
+    assert len(labels) == 104 and all((folder / o["file"]).is_file() for o in labels)
+    for o in labels:
+        graded = grade(Image.open(folder / o["file"]).convert("RGB"), o["caption"])
+        if o["right"] is True: assert all(graded.values()), o["file"]  # the grader never fails an image a person passes
+        if o["guidance_scale"] == 1 and o["side"] == 64 and o["right"] is False: assert not all(graded.values()), o["file"]

@@ -5,7 +5,7 @@ import pytest, scipy.linalg, torch
 from PIL import Image
 
 from sdcourse.data import entropy_bits
-from sdcourse.evaluation import (check_images, clip_score, diversity, evaluate_images, fid, frechet_distance, gaussian_stats, image_features,
+from sdcourse.evaluation import (check_images, clip_score, diversity, evaluate_images, fid, frechet_distance, gaussian_stats, image_features, precision_recall,
                                  kid, mmd2_unbiased, read_images_with_captions, real_images, sqrtm_psd)
 from sdcourse.exercises import check_frechet_distance
 from sdcourse.pipeline import main, save_png
@@ -93,6 +93,21 @@ def test_evaluate_images_ranks_real_above_noise(real, clip):
     bad = evaluate_images(noise, captions[:50], images[300:600], *clip)
     assert good["grader_all"] > 0.9 and bad["grader_all"] < 0.1
     assert good["clip_score"] > bad["clip_score"] and good["fid"] < bad["fid"] and good["kid"] < bad["kid"]
+    assert good["precision"] > 0.8 and good["recall"] > 0.8 and bad["recall"] < good["recall"] - 0.2  # noise covers less of the real variety
+
+
+def test_precision_and_recall_split_realism_from_variety(features):
+    real, other = features[:200], features[200:400]
+    same = precision_recall(real, other)
+    assert same["precision"] > 0.8 and same["recall"] > 0.8  # two draws of the same data: realistic and varied
+    assert precision_recall(real, real) == {"precision": 1.0, "recall": 1.0}  # every point lies in its own ball
+    collapsed = precision_recall(real, real[:1].repeat(200, 1))  # one real image, 200 times: realistic, not varied
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1
+    shifted = precision_recall(real, other + 10 * other.std(0))  # moved off the data: neither
+    assert shifted["precision"] == 0 and shifted["recall"] == 0
+    swapped = precision_recall(other, real)
+    assert swapped["precision"] == precision_recall(real, other)["recall"]  # the two are each other's mirror
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 199\]"): precision_recall(real, other, k=200)
 
 
 @pytest.mark.parametrize("call,match", [
@@ -133,7 +148,7 @@ def test_cli_evaluate_good_input(tmp_path, real, capsys):
     write_pngs(tmp_path, real, 12)
     assert main(["evaluate", str(tmp_path), "--reference-n", "200"]) == 0
     out = capsys.readouterr().out
-    assert "12 images against 200 fresh course images" in out and "grader: 1.000" in out and "FID:" in out and "diversity:" in out
+    assert "12 images against 200 fresh course images" in out and "grader: 1.000" in out and "FID:" in out and "precision:" in out and "diversity:" in out
     # an imagefolder with metadata.csv works too, and so do single files
     folder = tmp_path / "imagefolder"; folder.mkdir()
     with open(folder / "metadata.csv", "w", newline="") as f:

@@ -9,10 +9,10 @@ from sdcourse.core import shipped_path
 from sdcourse.data import eval_prompts
 from sdcourse.exercises import check_consistency_scalings
 from sdcourse.fewer_steps import (FLOW_UNET, LCM_LORA, VALIDATION_SEED, ScratchFlowScheduler, ScratchLCMScheduler, LCM_OPTION, consistency_loss,
-                                  consistency_output, consistency_scalings, distill_lcm, flow_interpolate, flow_loss, flow_sigmas, lcm_batch,
+                                  consistency_output, consistency_scalings, distill_lcm, flow_interpolate, flow_loss, flow_sigmas, lcm_batch, training_sigmas,
                                   lcm_timesteps, load_flow_pipeline, measure_metrics, measure_steps, solver_timesteps, teacher_step, train_flow_unet, with_lcm)
 from sdcourse.pipeline import main, png_info, reproduce
-from sdcourse.sampling import generate, measure_sampling, sampling_eval
+from sdcourse.sampling import generate, measure_sampling, sampling_eval, set_steps
 from sdcourse.schedules import NoiseSchedule
 from sdcourse.training import cache_training_data, load_pipeline, make_pipeline
 from sdcourse.unet import make_unet
@@ -64,16 +64,44 @@ def test_scratch_lcm_sampler_equals_lcm_scheduler_and_the_diffusers_pipeline(lcm
     assert (other - theirs).abs().max() > 0.1  # each step draws fresh noise from the image's own generator
 
 
-@pytest.mark.parametrize("steps", [1, 4, 20])
+@pytest.mark.parametrize("steps", [1, 2, 4, 20])
 def test_flow_sampler_equals_flow_match_euler(flow_pipe, steps):
     from diffusers import FlowMatchEulerDiscreteScheduler
-    ours, theirs = ScratchFlowScheduler(), FlowMatchEulerDiscreteScheduler()
-    ours.set_timesteps(steps); theirs.set_timesteps(steps)
-    assert torch.equal(ours.sigmas, theirs.sigmas) and torch.equal(ours.timesteps, theirs.timesteps)
+    shift = flow_pipe.scheduler.config.shift  # the shipped flow model's sampler carries the shift it was trained with
+    for s in {1.0, 3.0, shift}:
+        ours, theirs = ScratchFlowScheduler(shift=s), FlowMatchEulerDiscreteScheduler(shift=s)
+        ours.set_timesteps(steps); set_steps(theirs, steps)
+        assert torch.equal(ours.sigmas, theirs.sigmas) and torch.equal(ours.timesteps, theirs.timesteps)
     prompts = eval_prompts(3)
     a = generate(flow_pipe, prompts, steps=steps, output_type="pt")
-    b = generate(flow_pipe, prompts, steps=steps, scheduler=ScratchFlowScheduler(), output_type="pt")
+    b = generate(flow_pipe, prompts, steps=steps, scheduler=ScratchFlowScheduler(shift=shift), output_type="pt")
     assert (a - b).abs().max() < 1e-5
+
+
+def test_flow_grid_spends_no_step_on_nothing():
+    "Flux's grid: N evenly spaced noise levels from 1 to 1 / N, then 0; diffusers' own grid ends at 1 / T, and its last step would change nothing."
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    for steps in (1, 2, 4, 8):
+        sigmas = flow_sigmas(steps)
+        assert len(sigmas) == steps + 1 and sigmas[0] == 1 and sigmas[-1] == 0
+        assert torch.allclose(sigmas[:-1] - sigmas[1:], torch.full((steps,), 1 / steps))  # equal steps, the last one too
+    own = FlowMatchEulerDiscreteScheduler()
+    own.set_timesteps(2)
+    assert own.sigmas[-2] < 0.002  # what set_steps avoids: 1 -> 0.001 -> 0
+    shifted = flow_sigmas(4, shift=3.0)
+    assert torch.allclose(shifted, 3 * flow_sigmas(4) / (1 + 2 * flow_sigmas(4))) and (shifted >= flow_sigmas(4)).all()
+
+
+def test_training_sigmas_uniform_and_logit_normal():
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+    t = torch.arange(1000)
+    assert torch.equal(training_sigmas(t), (t + 1).float() / 1000)  # the shipped uniform model's: sigma = (t + 1) / T
+    logit_normal = training_sigmas(t, sampling="logit-normal")
+    theirs = compute_density_for_timestep_sampling("logit_normal", 200_000, logit_mean=0.0, logit_std=1.0)
+    q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+    assert torch.allclose(torch.quantile(logit_normal, q), torch.quantile(theirs, q), atol=0.01)  # the same distribution as diffusers' SD3 scripts
+    assert (training_sigmas(t, sampling="logit-normal", shift=3.0) > logit_normal).sum() > 990  # the shift moves training towards noise
+    with pytest.raises(ValueError, match="sampling=.lognormal. is not accepted"): training_sigmas(t, sampling="lognormal")
 
 
 def test_one_euler_step_with_the_true_velocity_is_exact():
@@ -140,6 +168,9 @@ def test_flow_training_runs_and_its_loss_is_the_velocity_error(pipe, small):
     class Oracle(torch.nn.Module):  # predicts the true velocity: the loss must be zero
         def forward(self, x, t, encoder_hidden_states): return type("Out", (), {"sample": noise - x0})()
     assert flow_loss(Oracle(), schedule, x0, None, torch.tensor([0, 999]), noise) == 0
+    assert flow_loss(Oracle(), schedule, x0, None, torch.tensor([0, 999]), noise, sampling="logit-normal", shift=3.0) == 0
+    sd3, _ = train_flow_unet(small, steps=2, batch_size=8, sampling="logit-normal", shift=3.0)  # SD3's recipe trains too
+    with pytest.raises(ValueError, match="sampling=.lognormal. is not accepted"): train_flow_unet(small, steps=2, batch_size=8, sampling="lognormal")
 
 
 def test_shipped_lcm_lora_is_small_safetensors_for_sdcourse_tiny_and_keeps_its_score(lcm_pipe):
@@ -152,6 +183,8 @@ def test_shipped_lcm_lora_is_small_safetensors_for_sdcourse_tiny_and_keeps_its_s
     now = measure_sampling(lcm_pipe, None, 4, 1.0, 100)
     assert now["all"] >= recorded["all"] - 0.05, (now, recorded)
     assert recorded["all"] >= 0.9 * measurements["teacher, DPM-Solver++, 20, train"]["all"]
+    one, control = measurements["LCM-LoRA, 1, heldout"]["all"], measurements["teacher, LCM sampler, w = 1, 1, heldout"]["all"]
+    assert one - control > 2 * ((one * (1 - one) + control * (1 - control)) / 200) ** 0.5  # distilled: at 1 step it clearly beats the teacher under its sampler
 
 
 

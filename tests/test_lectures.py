@@ -149,9 +149,9 @@ def test_the_names_check_catches_a_slow_cell_that_rebinds_a_name(tmp_path):
 
 
 def test_lectures_run_all_with_their_slow_cells_and_write_nothing(tmp_path):
-    "Run All end to end, slow cells included, on the two quick lectures with a switch (RETRAIN in 4, FULL_SIZE in 11)."
+    "Run All end to end, slow cells included, on the quickest lecture with a switch (FULL_SIZE in 11; every RETRAIN cell has the same `if` form)."
     before, status = shipped_files(), git_status()
-    result = subprocess.run([str(BIN / "nbdev-test"), "--flags", "slow", "--n-workers", "2", "--file-re", r"^(04|11)_.*\.ipynb$"],
+    result = subprocess.run([str(BIN / "nbdev-test"), "--flags", "slow", "--n-workers", "1", "--file-re", r"^11_.*\.ipynb$"],
                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "SDCOURSE_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert shipped_files() == before, "a lecture rewrote files in data/ (what the course ships)"
