@@ -316,7 +316,7 @@ def measure_metrics(models, settings=METRIC_SETTINGS, n=200, seed=0):
         if name not in models: continue
         pipe, scheduler, guidance_scale = models[name]
         images = generate(pipe, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed, scheduler=scheduler)
-        results[f"{name}, {steps}"] = dict(model=name, steps=steps, **evaluate_images(images, prompts, reference, clip, tokenizer))
+        results[f"{name}, {steps}"] = dict(model=name, steps=steps, n=n, seed=seed, **evaluate_images(images, prompts, reference, clip, tokenizer))
     return results
 
 # %% ../nbs/15_fewer_steps.ipynb #e8553ba8
