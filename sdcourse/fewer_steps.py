@@ -220,7 +220,7 @@ def train_flow_unet(cache,              # lecture 7's training cache
                     config=None,        # a `TrainConfig`; None: `TINY_RECIPE`, sdcourse-tiny's (its `seed` draws the UNet's initial weights too)
                     *,
                     sampling="uniform", # how sigma is drawn in training: "uniform" or SD3's "logit-normal" (`training_sigmas`)
-                    shift=1.0,          # SD3's timestep shift, in training (and recorded for sampling by `flow_scheduler`)
+                    shift=1.0,          # SD3's timestep shift in training; sample with the same shift (the slow cell saves it beside the UNet for `flow_scheduler`)
                     checkpoint=None,    # a safetensors file to save to (and resume from)
                     resume=False,       # continue the run saved in `checkpoint`
                     eval_fn=None,       # measures the EMA weights every `eval_every` steps (`sampling_eval` with the flow sampler)

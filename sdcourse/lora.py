@@ -131,11 +131,11 @@ def rename_concept(captions, new, word=CONCEPT_WORD):
     "`captions` with the whole word `word` replaced by `new`: the same images, named the way a method prompts for them (lecture 13)."
     return [re.sub(rf"\b{re.escape(word)}\b", new, c) for c in captions]
 
-def adaptation_scores(pipe, n=100, seed=0, concept_word=CONCEPT_WORD):
-    """The grader on held-back new-concept captions (learned?) and base training-split captions (forgotten?).
+def adaptation_scores(pipe, n=100, seed=0, concept_word=CONCEPT_WORD, splits=("concept", "train")):
+    """The grader on held-back new-concept captions (learned?) and base training-split captions (forgotten?), or only the `splits` asked for.
     `concept_word` is how the prompts name the concept (lecture 13's `<star>` or `sks`); the grader checks for a star either way."""
     scores = {}
-    for split in ("concept", "train"):
+    for split in splits:
         prompts = eval_prompts(n, split)
         asked = rename_concept(prompts, concept_word) if split == "concept" else prompts
         scores[split] = grades(measure_sampling(pipe, None, prompts=prompts, asked=asked, seed=seed))  # lecture 8's draw and grade

@@ -9,12 +9,11 @@ from torch import nn
 from sdcourse.core import shipped_path
 from sdcourse.data import course_dataset
 from sdcourse.exercises import check_lora_layer
-from sdcourse.lora import (LORA_FILE, LoRALinear, add_lora, background_flipped, check_lora_fits, concept_cache, finetune, inject_lora,
+from sdcourse.lora import (LORA_FILE, LoRALinear, adaptation_scores, add_lora, background_flipped, check_lora_fits, concept_cache, finetune, inject_lora,
                            load_lora, lora_config, lora_parameters, lora_state_dict, lora_targets, merge_lora, save_lora,
                            set_lora_strengths, with_prior)
 from sdcourse.training import cache_training_data, load_pipeline
-from sdcourse.data import dataset_images, eval_prompts
-from sdcourse.sampling import grades, measure_sampling
+from sdcourse.data import dataset_images
 
 STARS = shipped_path("lectures", "10_lora", "stars")
 ADAPTATION = shipped_path("lectures", "10_lora", "adaptation.json")
@@ -127,8 +126,8 @@ def test_save_load_round_trip(pipe, inputs, tmp_path):
 def test_the_shipped_star_lora_scores_what_lecture_10_recorded():
     "The shipped LoRA on the shipped base, graded as the lecture graded it (its 100 star prompts, the same seeds): a LoRA trained for another base would not."
     record = json.loads(ADAPTATION.read_text())
-    recorded, prompts = record["runs"][f"LoRA, {record['shipped']}"]["concept"], eval_prompts(100, "concept")  # adaptation_scores' star half
-    now = grades(measure_sampling(load_lora(load_pipeline(device="cpu"), STARS, "stars"), None, prompts=prompts))
+    recorded = record["runs"][f"LoRA, {record['shipped']}"]["concept"]
+    now = adaptation_scores(load_lora(load_pipeline(device="cpu"), STARS, "stars"), n=100, splits=("concept",))["concept"]  # the star prompts: the artefact's check
     assert all(abs(now[k] - recorded[k]) <= 0.03 for k in ("colour", "shape", "position", "all")), (now, recorded)
 
 def test_shipped_loras_combine_fuse_unload(pipe, inputs):

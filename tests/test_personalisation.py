@@ -7,11 +7,11 @@ import pytest, torch
 from sdcourse.core import save_tensors, shipped_path
 from sdcourse.data import eval_prompts, make_example
 from sdcourse.exercises import check_keep_rows
-from sdcourse.lora import concept_cache, rename_concept
+from sdcourse.lora import adaptation_scores, concept_cache, rename_concept
 from sdcourse.personalisation import (IDENTIFIER, METHODS, PLACEHOLDER, add_token, init_row, dreambooth_cache, embedding_output, generated_prior, is_embedding_file, keep_rows,
                                       load_embedding, personalise, read_embedding, save_embedding, shape_cache, textual_inversion)
 from sdcourse.pipeline import main, png_info, reproduce
-from sdcourse.sampling import generate, grades, measure_sampling
+from sdcourse.sampling import generate
 from sdcourse.text import encode_prompts
 from sdcourse.training import load_pipeline
 
@@ -148,8 +148,7 @@ def test_the_shipped_star_word_scores_what_the_shoot_out_recorded():
     recorded = next(r for r in json.loads(shipped_path("lectures", "13_personalisation", "shootout.json").read_text())
                     if r["method"] == "textual inversion" and r["n_images"] == 20 and r["seed"] == 0)
     pipe = load_pipeline(device="cpu")
-    prompts = eval_prompts(100, "concept")  # adaptation_scores' star half, the same captions and seeds: the word is the recorded run's if it scores as that run did
-    now = grades(measure_sampling(pipe, None, prompts=prompts, asked=rename_concept(prompts, load_embedding(pipe, STAR))))
+    now = adaptation_scores(pipe, 100, concept_word=load_embedding(pipe, STAR), splits=("concept",))["concept"]  # the star prompts: the artefact's check
     assert all(abs(now[k] - recorded["concept"][k]) <= 0.03 for k in ("colour", "shape", "position", "all")), (now, recorded["concept"])
 
 def test_keep_rows_checker_passes_the_reference_and_names_mistakes():

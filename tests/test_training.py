@@ -182,6 +182,23 @@ def test_retrain_command_runs_a_few_steps_and_saves_a_loadable_pipeline(tmp_path
     for a, b in zip(loaded.unet.parameters(), pipe.unet.parameters()): assert torch.equal(a, b.cpu())
 
 
+def test_a_given_text_encoder_is_used_frozen_and_recorded(tmp_path):
+    "Lecture 7b's control: train_course_unet(text_encoder=...) caches captions with that encoder, never trains it, ships it, and says so in the record."
+    from transformers import CLIPTextModel
+    from sdcourse.core import seeded
+    from sdcourse.text import load_text_encoder
+    trained, tokenizer = load_text_encoder(device="cpu")
+    with seeded(0): random_encoder = CLIPTextModel(trained.config).eval()
+    before = {k: v.clone() for k, v in random_encoder.state_dict().items()}
+    pipe, record = train_course_unet(steps=2, n_images=64, eval_every=None, n_eval=4, out=tmp_path / "random", checkpoint=tmp_path / "ck.safetensors",
+                                     text_encoder=(random_encoder, tokenizer))
+    assert all(torch.equal(v, random_encoder.state_dict()[k]) for k, v in before.items()) and not any(p.requires_grad for p in random_encoder.parameters())
+    shipped = load_pipeline(tmp_path / "random", device="cpu").text_encoder.state_dict()
+    assert all(torch.equal(shipped[k], v) for k, v in before.items())  # the pipeline carries the given encoder, not lecture 4's
+    assert any(not torch.equal(shipped[k], v) for k, v in trained.state_dict().items())
+    assert record["text_encoder"] == "given by the caller" and "text_encoder=" in record["command"]
+
+
 def test_shipped_model_loads_with_from_pretrained_in_a_fresh_process(tmp_path):
     script = ("import sys, numpy as np, torch; from diffusers import StableDiffusionPipeline; "
               f"pipe = StableDiffusionPipeline.from_pretrained({str(shipped_path('sdcourse-tiny'))!r}); "
