@@ -14,7 +14,7 @@ __all__ = ['NOT_ATTEMPTED', 'EXERCISES', 'CAPTION_CASES', 'HUB_ID_CASES', 'RECIP
            'check_euler_ancestral_step', 'check_img2img_timesteps', 'check_paste_back', 'check_lora_layer',
            'check_merge_conv_lora', 'check_hub_id', 'check_recipe_to_argv', 'check_frechet_distance',
            'check_fid_infinity', 'check_keep_rows', 'check_load_multi_vector', 'check_zero_conv', 'check_guess_mode',
-           'check_consistency_scalings', 'check_heun_step']
+           'check_consistency_scalings', 'check_heun_step', 'check_rope_1d']
 
 # %% ../nbs/90_exercises.ipynb #2337cff6
 import math
@@ -1394,3 +1394,45 @@ def check_heun_step(heun_step):
 exercise(lecture="15_fewer_steps", name="heun_step", checker=check_heun_step, reference=_heun_step, library="diffusers.FlowMatchHeunDiscreteScheduler",
          mistakes=_HEUN_MISTAKES, used_by="lecture 15 samples the flow model with yours: the same images as FlowMatchHeunDiscreteScheduler, then graded "
                                           "against Euler at the same number of UNet calls")
+
+# %% ../nbs/90_exercises.ipynb #e16a0002
+def _rope_1d(dim, positions, theta=10000.0):
+    "The reference: cos and sin [N, dim] of one rotary axis, each pair's angle positions * theta^(-2i / dim) on both of its channels."
+    freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # [dim / 2]: one frequency per channel pair
+    angles = positions.double()[:, None] * freqs[None]  # [N, dim / 2]
+    return angles.cos().repeat_interleave(2, dim=1), angles.sin().repeat_interleave(2, dim=1)  # [N, dim] each: a pair's channels share its angle
+
+def _rope_angles(dim, positions, theta, step=2, scale=1.0):
+    return positions.double()[:, None] * (1.0 / theta ** (torch.arange(0, dim, step, dtype=torch.float64)[: dim // 2] / (dim * scale)))[None]
+_ROPE_MISTAKES = (
+    (lambda dim, pos, theta: (lambda a: (a.cos().repeat(1, 2), a.sin().repeat(1, 2)))(_rope_angles(dim, pos, theta)),
+     "the angles are laid out as two halves ([a0, a1, ..., a0, a1, ...]); Flux pairs neighbouring channels (0, 1), (2, 3): repeat each angle twice in place (repeat_interleave)"),
+    (lambda dim, pos, theta: (lambda a: (a.cos().repeat_interleave(2, 1), a.sin().repeat_interleave(2, 1)))(_rope_angles(dim, pos, theta, step=1, scale=1.0)),
+     "the frequencies fall too slowly: the exponent is 2i / dim for pair i (torch.arange(0, dim, 2) / dim), not i / dim"),
+    (lambda dim, pos, theta: (lambda a: (a.sin().repeat_interleave(2, 1), a.cos().repeat_interleave(2, 1)))(_rope_angles(dim, pos, theta)),
+     "cos and sin are swapped: return (cos, sin)"),
+    (lambda dim, pos, theta: (lambda a: (a.cos().repeat_interleave(2, 1), a.sin().repeat_interleave(2, 1)))(_rope_angles(dim, pos, 10000.0)),
+     "theta is fixed at 10000: use the theta you are given (Flux's is 10000, but other models choose their own)"),
+)
+
+def check_rope_1d(rope_1d):
+    """Check the learner's `rope_1d(dim, positions, theta)` -> (cos, sin), each [N, dim], against diffusers' `get_1d_rotary_pos_embed`
+    (use_real=True, repeat_interleave_real=True) on two axes: dim 8 over positions 0-5 with theta 10000, and dim 6 over positions 0, 3, 7 with theta 100."""
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+    name, cases = "rope_1d", ((8, torch.arange(6.0), 10000.0), (6, torch.tensor([0.0, 3.0, 7.0]), 100.0))
+    def run(fn):
+        outs = [fn(dim, pos, theta) for dim, pos, theta in cases]
+        if not all(isinstance(o, tuple) and len(o) == 2 for o in outs): return "return a tuple (cos, sin)"
+        return torch.cat([torch.cat([torch.as_tensor(c).float(), torch.as_tensor(s).float()], 1).flatten() for c, s in outs])
+    expected = torch.cat([torch.cat([t.float() for t in get_1d_rotary_pos_embed(dim, pos, theta, use_real=True, repeat_interleave_real=True, freqs_dtype=torch.float64)], 1).flatten()
+                          for dim, pos, theta in cases])
+    out, failed = _call(name, run, (rope_1d,), "rope_1d(dim, positions, theta) with dim an even int, positions a float tensor [N] and theta a float; "
+                        "it must return (cos, sin), each of shape [N, dim]", hints=(("shape", "each of cos and sin is [N, dim]: one angle per channel pair, repeated for both channels"),))
+    if failed is not None: return failed
+    if isinstance(out, str): return CheckResult(name, False, out)
+    result = _compare(name, out, expected, [(run(wrong), hint) for wrong, hint in _ROPE_MISTAKES], atol=1e-5)
+    return CheckResult(name, True, "both axes match diffusers' get_1d_rotary_pos_embed") if result else result
+
+exercise(lecture="16_transformers", name="rope_1d", checker=check_rope_1d, reference=_rope_1d, library="diffusers.models.embeddings.get_1d_rotary_pos_embed",
+         mistakes=_ROPE_MISTAKES, used_by="lecture 16 builds Flux's three-axis rotary tables with yours and runs the single-stream block on them: equal to "
+                                          "FluxSingleTransformerBlock with FluxPosEmbed's tables")

@@ -6,12 +6,13 @@ Docs: https://sdcourse.github.io/sdcourse/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'REAL_SD', 'HUB_ID', 'MAX_SIDE', 'MAX_PIXELS', 'HUB_FILES', 'SD15_UNET_CONFIG', 'SD15_VAE_CONFIG',
-           'SD15_TEXT_CONFIG', 'CHANGES', 'EXCLUSIVE', 'OPTIONS_GROUP', 'SAMPLING_DEFAULTS', 'LORA_OPTION', 'NUMBER',
-           'FLAGS', 'MAX_ADAPT_IMAGES', 'MAX_SEED', 'DEBUG_VARIABLE', 'EPILOG', 'COMMANDS_GROUP', 'SHARED',
-           'check_pipeline', 'hub_reachable', 'is_local_path', 'hub_folder', 'model_folder', 'load_sd', 'unet_parity',
-           'check_output', 'save_png', 'png_info', 'open_image', 'bounded', 'requires', 'recipe_path', 'fingerprint',
-           'SamplingOption', 'sampling_options', 'chosen_options', 'apply_options', 'is_default_model', 'reproduce',
-           'check_prompt', 'adaptation_cache', 'Command', 'commands', 'cli_parser', 'main']
+           'SD15_TEXT_CONFIG', 'CHANGES', 'EXCLUSIVE', 'OPTIONS_GROUP', 'SAMPLING_DEFAULTS', 'LORA_OPTION',
+           'KINDS_GROUP', 'NUMBER', 'FLAGS', 'MAX_ADAPT_IMAGES', 'MAX_SEED', 'DEBUG_VARIABLE', 'EPILOG',
+           'COMMANDS_GROUP', 'SHARED', 'check_pipeline', 'hub_reachable', 'is_local_path', 'hub_folder', 'model_folder',
+           'load_sd', 'unet_parity', 'check_output', 'save_png', 'png_info', 'open_image', 'bounded', 'requires',
+           'recipe_path', 'fingerprint', 'SamplingOption', 'sampling_options', 'chosen_options', 'apply_options',
+           'is_default_model', 'reproduce', 'ModelKind', 'model_kind', 'model_kinds', 'check_prompt',
+           'adaptation_cache', 'Command', 'commands', 'cli_parser', 'main']
 
 # %% ../nbs/11_pipeline.ipynb #7a2748bf
 import argparse, json, math, os, re, socket, sys, time, warnings
@@ -324,13 +325,47 @@ def reproduce(path, device=None):
     A file the recipe names that has changed since (the model, a LoRA, an embedding, a control image...) is named in a warning."""
     info = png_info(path)
     if info.get("command") != "generate": raise ValueError(f"{str(path)!r} holds no record of `sdcourse generate` (found {info or 'none'})")
-    pipe = load_sd(info["model"], device)
+    kind = model_kind(info["model"])  # a model of another kind (lecture 16's SD3) samples itself
+    pipe = kind.load(model_folder(info["model"]), device) if kind else load_sd(info["model"], device)
     recorded = info.get("fingerprints") or {}
     now = dict(model=_model_fingerprint(info["model"])) | apply_options(pipe, chosen_options(sampling_options(), info, check=False), info | dict(size=None))["fingerprints"]
     changed = [name for name, value in recorded.items() if now.get(name) != value]
     if changed: warnings.warn(f"{str(path)!r}: the {', '.join(changed)} it records changed since it was made; the image made again may differ")
+    if kind: return to_images(pipe.vae, kind.generate(pipe, [info["prompt"]], info["negative_prompt"] or None, info["steps"], info["guidance_scale"], info["seed"]))[0]
     scheduler = info["scheduler"] if info["scheduler"] in SCHEDULER_NAMES else None  # a plugin's sampler is set on the pipeline already
     return generate(pipe, info["prompt"], info["negative_prompt"] or None, info["steps"], info["guidance_scale"], info["seed"], scheduler)[0]
+
+# %% ../nbs/11_pipeline.ipynb #b7c1d0e1
+@dataclass(frozen=True)
+class ModelKind:
+    """A kind of model folder besides Stable Diffusion's that `generate` and `reproduce` draw with: a later lecture declares one and registers it
+    in pyproject.toml's `sdcourse.model_kinds` group (lecture 16's SD3 transformer). A folder's model_index.json names its pipeline class; the kind
+    registered for that class loads and samples it. The sampling options (LoRAs, ControlNets, the LCM-LoRA) adapt a UNet and are refused for it."""
+    pipeline: str       # the class its model_index.json names, e.g. "StableDiffusion3Pipeline"
+    scheduler: str      # the one sampler it draws with: what --scheduler may say, and what the PNG records
+    load: Callable      # load(folder, device) -> the pipeline, its weights checked (safetensors only, finite)
+    generate: Callable  # generate(pipe, prompts, negative_prompt, steps, guidance_scale, seed) -> scaled latents [B, C, h, w], image i from seed + i
+
+KINDS_GROUP = "sdcourse.model_kinds"  # pyproject.toml: [project.entry-points."sdcourse.model_kinds"] name = "module:KIND"
+
+def model_kind(model):
+    "The registered `ModelKind` for the pipeline class a local `model` folder's model_index.json names; None for sdcourse-tiny, a hub id or a Stable Diffusion folder."
+    if is_default_model(model) or not is_local_path(str(model)): return None
+    try: declared = json.loads((Path(model).expanduser() / "model_index.json").read_text()).get("_class_name")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError): return None  # `model_folder` says what is wrong with the folder
+    return model_kinds().get(declared)
+
+def model_kinds():
+    "Every registered `ModelKind`, by the pipeline class it draws with."
+    return {k.pipeline: k for k in (_declared(e, ModelKind) for e in entry_points(group=KINDS_GROUP))}
+
+def _kind_settings(args, kind):
+    "What a model of another `kind` can do, checked before any work: generate only, its own sampler, no option that adapts a UNet."
+    if args.command != "generate":
+        raise UsageError(f"{args.command} works on a UNet model; {args.model!r} is a {kind.pipeline} folder, which sdcourse draws with generate only")
+    if args.scheduler not in (None, kind.scheduler):
+        raise UsageError(f"--scheduler {args.scheduler}: a {kind.pipeline} folder draws with its own sampler ({kind.scheduler}); leave --scheduler out")
+    args.scheduler = kind.scheduler
 
 # %% ../nbs/11_pipeline.ipynb #bbac7e44
 NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-inf(inity)?|-nan", re.IGNORECASE)
@@ -378,6 +413,7 @@ def _outputs(args, sources=()):
 def _settle(args):
     "Every option's check, the steps and guidance the sampler takes when left out, and the options' combination: before any work starts."
     check_prompt(args.prompt); check_prompt(args.negative or "", "negative prompt", empty=True)
+    args.scheduler = args.scheduler or "dpm++"  # left out: DPM-Solver++ (a `ModelKind` has set its own already)
     chosen = chosen_options(args.options, vars(args))
     defaults = SAMPLING_DEFAULTS | {k: v for option in chosen for k, v in option.defaults.items()}
     args.steps = defaults["steps"] if args.steps is None else args.steps
@@ -409,21 +445,24 @@ def _finite_images(pipe, latents):
 
 def _run_sampling(args):
     "generate, img2img and inpaint: every input and output checked first, then one batch, then one PNG per image with its recipe."
+    if kind := model_kind(args.model): _kind_settings(args, kind)  # a `ModelKind` (lecture 16's SD3) samples itself; None: Stable Diffusion
     chosen = _settle(args)
+    if kind and chosen: raise UsageError(f"the {chosen[0].name} option adapts a UNet, and {args.model!r} is a {kind.pipeline} folder; leave it out")
     sources = [getattr(args, k) for k in ("image", "mask") if hasattr(args, k)]  # img2img's image, inpaint's image and mask
     outputs = _outputs(args, sources)
     source = open_image(args.image) if args.command != "generate" else None
     mask = open_image(args.mask, "L") if args.command == "inpaint" else None
     extra = dict(image=str(args.image), strength=args.strength) | (dict(mask=str(args.mask)) if mask else {}) if source else {}
-    pipe = load_sd(args.model, args.device)
+    pipe = kind.load(model_folder(args.model), args.device) if kind else load_sd(args.model, args.device)
     if source: _check_source(pipe, source, "image")
     recipe = apply_options(pipe, chosen, vars(args) | dict(size=source.size if source else None))
     recipe["fingerprints"] = dict(model=_model_fingerprint(args.model)) | recipe["fingerprints"]
-    scheduler = make_scheduler(args.scheduler, pipe.scheduler.config) if args.scheduler in SCHEDULER_NAMES else pipe.scheduler  # else: an option set it
-    _check_steps(args, scheduler)
+    scheduler = make_scheduler(args.scheduler, pipe.scheduler.config) if args.scheduler in SCHEDULER_NAMES else pipe.scheduler  # else: an option or the kind sets it
+    if not kind: _check_steps(args, scheduler)
     common = dict(negative_prompt=args.negative, steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=scheduler, output_type="latent")
     prompts, start = [args.prompt] * args.num_images, time.time()
-    if args.command == "generate": latents = generate(pipe, prompts, show_progress=True, **common)
+    if kind: latents = kind.generate(pipe, prompts, args.negative, args.steps, args.guidance, args.seed)
+    elif args.command == "generate": latents = generate(pipe, prompts, show_progress=True, **common)
     elif args.command == "img2img": latents = img2img(pipe, source, prompts, args.strength, **common)
     else: latents = inpaint(pipe, source, mask, prompts, args.strength, **common)
     images = _finite_images(pipe, latents)
@@ -551,7 +590,8 @@ def _sampling_arguments(shared):
     sampling.add_argument("-n", "--num-images", type=bounded(int, 1, 100), default=1, help="how many images")
     options = sampling_options()
     for option in options: option.add_arguments(sampling)
-    sampling.add_argument("--scheduler", default="dpm++", choices=sorted(SCHEDULER_NAMES) + [n for o in options for n in o.schedulers], help="sampler")
+    sampling.add_argument("--scheduler", default=None, choices=sorted(SCHEDULER_NAMES) + [n for o in options for n in o.schedulers] + sorted({k.scheduler for k in model_kinds().values()}),
+                          help="sampler (default dpm++; a model of another kind, such as an SD3 folder, draws with its own)")
     sampling.set_defaults(options=options)  # before the subcommands copy `sampling`
     return sampling
 

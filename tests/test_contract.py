@@ -133,7 +133,7 @@ def poisoned(tmp_path_factory):
         for file in list(folder.rglob("*.safetensors")):
             torch.save({"weight": Payload(marker)}, file.with_suffix(".bin").with_name(file.name.replace(".safetensors", ".bin")))
             file.unlink()
-    for name in ("sdcourse-tiny", "sdcourse-tiny-controlnet", "mini-clip", "sdcourse-tiny-lcm-lora"):
+    for name in ("sdcourse-tiny", "sdcourse-tiny-controlnet", "mini-clip", "sdcourse-tiny-lcm-lora", "sdcourse-tiny-sd3"):
         shutil.copytree(shipped_path(name), root / name); poison(root / name)
     shutil.copytree(shipped_path("lectures", "15_fewer_steps", "flow-unet"), root / "flow-unet"); poison(root / "flow-unet")
     torch.save({"<star>": Payload(marker)}, root / "star.bin")
@@ -144,7 +144,7 @@ def poisoned(tmp_path_factory):
 
 def loader_calls(root, pipe):
     "How each public loader is called on the poisoned files: {qualified name: call}."
-    from sdcourse import control, core, fewer_steps, lora, personalisation, pipeline, text, training, unet, vae
+    from sdcourse import control, core, fewer_steps, lora, personalisation, pipeline, text, training, transformers, unet, vae
     from diffusers.training_utils import EMAModel
     tiny = root / "sdcourse-tiny"
     model = unet.make_unet()
@@ -169,6 +169,7 @@ def loader_calls(root, pipe):
         "fewer_steps.load_flow_pipeline": lambda: fewer_steps.load_flow_pipeline(root / "flow-unet"),
         "fewer_steps.with_lcm": lambda: fewer_steps.with_lcm(pipe, root / "sdcourse-tiny-lcm-lora"),
         "lora.check_lora_fits": lambda: lora.check_lora_fits(pipe.unet, root / "fake.safetensors"),
+        "transformers.load_sd3": lambda: transformers.load_sd3(root / "sdcourse-tiny-sd3"),
     }
 
 
