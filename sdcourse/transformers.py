@@ -30,7 +30,7 @@ from .fewer_steps import flow_interpolate, flow_sigmas, train_flow_unet, trainin
 from .pipeline import ModelKind
 from .sampling import sampling_eval, to_images, unknown_words_message
 from .text import load_mini_clip, load_text_encoder
-from .training import TINY_RECIPE, batch_indices, ema_unet, generate_images, images_cache, make_pipeline, train_unet
+from .training import TINY_RECIPE, batch_indices, ema_unet, images_cache, make_pipeline, train_unet
 from .unet import make_unet
 from .vae import load_vae, posterior, reparameterize
 
