@@ -6,17 +6,19 @@ Docs: https://sdcourse.github.io/sdcourse/transformers.html.md"""
 
 # %% auto #0
 __all__ = ['SD3_MAX_LENGTH', 'T5_TOKENS', 'SD3_FOLDER', 'SD3_CONFIG', 'HELDOUT_FILLER', 'FILLER_P', 'SYLLABLES', 'MMDIT_RECIPE',
-           'SD3_KIND', 'PUBLISHED', 'patchify', 'unpatchify', 'sincos_1d', 'sincos_2d', 'timestep_features', 'modulate',
-           'layer_norm', 'mlp', 'split_heads', 'merge_heads', 'DiTEmbedder', 'DiTBlock', 'copy_weights', 'ScratchDiT',
-           'rms_norm', 'Stream', 'JointBlock', 'joint_block_names', 'ScratchMMDiT', 'rotate', 'rope_tables', 'flux_ids',
-           'SingleBlock', 'double_block_from_diffusers', 'make_sd3_transformer', 'sd3_text_encoder', 'sd3_vae',
-           'make_sd3_pipeline', 'RepeatedTokenAttention', 'compact_zero_tokens', 'default_attention', 'made_up_word',
-           'add_filler', 'filler_captions', 'filler_prompts', 'sd3_prompt_features', 'sd3_training_cache', 'sd3_batch',
-           'sd3_flow_loss', 'adherence_prompts', 'sd3_generate', 'sd3_adherence', 'mmdit_eval', 'as_shipped',
-           'train_mmdit', 'train_unet_control', 'training_flops', 'load_sd3', 'published_parameters']
+           'SECOND_STAGE_RECIPE', 'SD3_KIND', 'PUBLISHED', 'patchify', 'unpatchify', 'sincos_1d', 'sincos_2d',
+           'timestep_features', 'modulate', 'layer_norm', 'mlp', 'split_heads', 'merge_heads', 'DiTEmbedder',
+           'DiTBlock', 'copy_weights', 'ScratchDiT', 'rms_norm', 'Stream', 'JointBlock', 'joint_block_names',
+           'ScratchMMDiT', 'rotate', 'rope_tables', 'flux_ids', 'SingleBlock', 'double_block_from_diffusers',
+           'make_sd3_transformer', 'sd3_text_encoder', 'sd3_vae', 'make_sd3_pipeline', 'RepeatedTokenAttention',
+           'compact_zero_tokens', 'default_attention', 'made_up_word', 'add_filler', 'filler_captions',
+           'filler_prompts', 'sd3_prompt_features', 'sd3_training_cache', 'sd3_batch', 'sd3_flow_loss',
+           'adherence_prompts', 'sd3_generate', 'sd3_adherence', 'mmdit_eval', 'as_shipped', 'train_mmdit',
+           'train_unet_control', 'training_flops', 'filler_index', 'encoder_states', 'distil_text_encoder', 'load_sd3',
+           'published_parameters']
 
 # %% ../nbs/16_transformers.ipynb #12cf64a3
-import json, math, warnings
+import copy, dataclasses, json, math, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import cache_dir, check_int, check_output_folder, get_device, load_pretrained, make_recipe, recipe_arguments, save_pretrained_atomic, seeded, shipped_path, training_record
-from .data import CAPTION_WORDS, FILLER_WORDS, HELDOUT_PHRASINGS, dataset_tensors, eval_prompts, grader_accuracy
+from .data import CAPTION_WORDS, FILLER_WORDS, HELDOUT_PHRASINGS, dataset_tensors, eval_prompts, example_caption, grader_accuracy
 from .fewer_steps import flow_interpolate, flow_sigmas, train_flow_unet, training_sigmas
 from .pipeline import ModelKind
 from .sampling import sampling_eval, to_images, unknown_words_message
@@ -478,6 +480,7 @@ def train_mmdit(config=None,          # a `TrainConfig`; None: `MMDIT_RECIPE` (i
                 out=None,             # the folder for the whole pipeline; None: the course cache, never the shipped model
                 checkpoint=None,      # a safetensors file to save to and resume from
                 init=None,            # a transformer folder to go on from (a second stage, at its own recipe) instead of fresh weights
+                text_encoder=None,    # the text encoder to read captions with and to ship (`distil_text_encoder`'s); None: `sd3_text_encoder`'s
                 device=None, overwrite=False, **changes):
     "Train the course's SD3 transformer with rectified flow and save the whole `StableDiffusion3Pipeline` folder with a training record."
     c = make_recipe(config, MMDIT_RECIPE, trainer="train_mmdit", **changes)
@@ -487,16 +490,19 @@ def train_mmdit(config=None,          # a `TrainConfig`; None: `MMDIT_RECIPE` (i
     from diffusers import SD3Transformer2DModel
     with seeded(c.seed): transformer = make_sd3_transformer()
     if init is not None: transformer.load_state_dict(load_pretrained(SD3Transformer2DModel, init, "transformer", torch_dtype=torch.float32).state_dict())
-    pipe = make_sd3_pipeline(transformer.to(device))
+    pipe = make_sd3_pipeline(transformer.to(device), text_encoder=text_encoder, tokenizer=None if text_encoder is None else sd3_text_encoder()[1])
+    as_shipped(pipe.text_encoder)  # float16 and back, as it ships, before it reads the captions
     images, captions = dataset_tensors(n_images, "train", 0)
     cache = sd3_training_cache(pipe, images, filler_captions(captions))
     ema, history = train_unet(compact_zero_tokens(transformer), cache, c, checkpoint=checkpoint, resume=checkpoint.exists(), eval_fn=mmdit_eval(pipe),
                               eval_every=eval_every, device=device, batch=sd3_batch, loss_fn=lambda *b: sd3_flow_loss(*b, sampling=sampling, shift=shift))
     pipe.transformer = as_shipped(ema_unet(transformer, ema))
     quality = {g: sd3_adherence(pipe, p) for g, p in adherence_prompts(n_eval).items()}
-    given = "" if init is None else f", init={str(init)!r}"
+    given = ("" if init is None else f", init={str(init)!r}") + ("" if text_encoder is None else ", text_encoder=distil_text_encoder(*sd3_text_encoder())")
+    first = None if init is None else Path(init) / "training.json"  # the first stage's record travels inside this one
     record = training_record(f"RETRAIN = True in nbs/16_transformers.ipynb: train_mmdit({recipe_arguments(c, MMDIT_RECIPE)}{given})", history, history[-1]["seconds"], device,
-                             config=c, init=None if init is None else str(init), sampling=sampling, shift=shift, n_train_images=n_images, filler_p=FILLER_P, filler_words="made-up words of random syllables", parameters=sum(p.numel() for p in transformer.parameters()),
+                             config=c, init=None if init is None else str(init), first_stage=json.loads(first.read_text()) if first and first.is_file() else None,
+                             text_encoder_distillation=getattr(pipe.text_encoder.config, "distillation", None), sampling=sampling, shift=shift, n_train_images=n_images, filler_p=FILLER_P, filler_words="made-up words of random syllables", parameters=sum(p.numel() for p in transformer.parameters()),
                              adherence=dict(quality, images=n_eval, seed=0, sampler="Euler, Flux's grid", steps=20, guidance_scale=5.0, weights="float16, as shipped"),
                              final_loss=sum(h["loss"] for h in history[-100:]) / len(history[-100:]))
     default_attention(pipe.transformer)  # it ships with diffusers' own attention: the pipeline appends the 256 zero tokens itself
@@ -533,6 +539,57 @@ def training_flops(loss_fn):
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter: loss_fn().backward()
     return counter.get_total_flops()
+
+# %% ../nbs/16_transformers.ipynb #f1a00002
+def filler_index(clean_ids, noisy_ids, eos_id):
+    """For each position of a caption with filler words (`noisy_ids` [B, L]), the position in the same caption without them (`clean_ids` [B, L])
+    whose state it should get: a caption token its own, a filler token (or its comma) the end of text, the end of text and padding theirs, in order."""
+    B, L = clean_ids.shape
+    index = torch.zeros_like(noisy_ids)  # [B, L]
+    for b, (clean, noisy) in enumerate(zip(clean_ids.tolist(), noisy_ids.tolist())):
+        end, noisy_end = clean.index(eos_id), noisy.index(eos_id)
+        body = clean[1:end]  # the caption's own tokens
+        for n in (len(body), len(body) - 1):  # a caption ending in "." meets the filler's comma as one token, ".,"
+            start = next((o for o in range(1, noisy_end) if noisy[o:o + n] == body[:n]), None)  # where it sits among the filler
+            if start is not None: break
+        else: raise ValueError(f"caption {b} of clean_ids is not inside caption {b} of noisy_ids")
+        row = [0] + [end] * (L - 1)
+        row[start:start + n] = range(1, n + 1)
+        row[noisy_end:] = [min(end + j, L - 1) for j in range(L - noisy_end)]
+        index[b] = torch.tensor(row)
+    return index
+
+def encoder_states(text_encoder, tokenizer, texts):
+    "What SD3 reads from one CLIP encoder: token ids [B, L], the penultimate layer's states [B, L, d] and the pooled, projected vector [B, d]."
+    ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids.to(text_encoder.device)
+    out = text_encoder(ids, output_hidden_states=True)
+    return ids, out.hidden_states[-2], out.text_embeds
+
+# %% ../nbs/16_transformers.ipynb #f1a00004
+def distil_text_encoder(text_encoder, tokenizer, steps=2000, batch_size=64, lr=1e-3, warmup=100, p_filler=0.75, n_captions=20_000, seed=0):
+    """A copy of `text_encoder` taught to read a caption with made-up filler words as the original reads the caption alone: at each position the
+    original's state for the clean caption (`filler_index`), and the same pooled vector. The original is the teacher and stays as it is; clean
+    captions (1 - `p_filler` of each batch) keep their states. The recipe and final loss travel in the student's config (`distillation`)."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    teacher = text_encoder.eval().requires_grad_(False)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    captions, rng = [example_caption(i, "train", 0) for i in range(n_captions)], np.random.default_rng([seed, 1617])
+    optimizer = torch.optim.AdamW(student.parameters(), lr)
+    schedule, losses, start = get_cosine_schedule_with_warmup(optimizer, warmup, steps), [], time.perf_counter()
+    for step in range(steps):
+        clean = [captions[i] for i in rng.integers(n_captions, size=batch_size)]
+        noisy = [add_filler(c, rng) if rng.random() < p_filler else c for c in clean]
+        with torch.no_grad(): clean_ids, states, pooled = encoder_states(teacher, tokenizer, clean)
+        noisy_ids, student_states, student_pooled = encoder_states(student, tokenizer, noisy)
+        index = filler_index(clean_ids, noisy_ids, tokenizer.eos_token_id)[..., None].expand_as(states)  # [B, L, d]
+        loss = F.mse_loss(student_states, states.gather(1, index)) + F.mse_loss(student_pooled, pooled)
+        optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
+        losses.append(loss.item())
+    student.config.distillation = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, p_filler=p_filler, n_captions=n_captions, seed=seed,
+                                       final_loss=float(np.mean(losses[-100:])), first_loss=losses[0], seconds=round(time.perf_counter() - start, 1))
+    return student.eval().requires_grad_(False)
+
+SECOND_STAGE_RECIPE = dataclasses.replace(MMDIT_RECIPE, steps=800, lr=3e-4, warmup=50, ema_decay=0.0)  # a short second stage: no EMA, the last weights
 
 # %% ../nbs/16_transformers.ipynb #bd126908
 def load_sd3(path=None, device=None):

@@ -11,8 +11,8 @@ from sdcourse.sampling import to_images
 from sdcourse.text import unknown_words
 from sdcourse.transformers import (HELDOUT_FILLER, PUBLISHED, SD3_FOLDER, SD3_MAX_LENGTH, DiTBlock, ScratchDiT, ScratchMMDiT, SingleBlock, add_filler,
                                    adherence_prompts, compact_zero_tokens, default_attention, double_block_from_diffusers, filler_captions, filler_prompts,
-                                   flux_ids, load_sd3, make_sd3_transformer, patchify, published_parameters, rope_tables, rotate, sd3_batch, sd3_flow_loss,
-                                   sd3_generate, train_mmdit, unpatchify)
+                                   distil_text_encoder, encoder_states, filler_index, flux_ids, load_sd3, make_sd3_transformer, patchify, published_parameters,
+                                   rope_tables, rotate, sd3_batch, sd3_flow_loss, sd3_generate, sd3_text_encoder, train_mmdit, unpatchify)
 
 pytestmark = pytest.mark.usefixtures("no_progress_bars")  # stderr must hold the error alone
 FOLDER = shipped_path(SD3_FOLDER)
@@ -137,15 +137,54 @@ def test_the_shipped_record_is_complete_and_ships_float16():
     assert all(0 <= quality[g]["all"] <= min(quality[g][k] for k in ("colour", "shape", "position")) for g in ("train", "heldout", "new_phrasings", "filler"))
     from safetensors import safe_open
     with safe_open(FOLDER / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f: assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
-    control = json.loads(shipped_path("lectures", "16_transformers", "unet-control.json").read_text())
+    first, control = record["first_stage"], json.loads(shipped_path("lectures", "16_transformers", "unet-control.json").read_text())
     same = ("steps", "batch_size", "lr", "seed", "p_uncond", "sampling", "shift", "filler_p", "filler_words", "n_train_images")
-    assert {k: control[k] for k in same} == {k: record[k] for k in same} and control["adherence"]["images"] == 200
+    assert {k: control[k] for k in same} == {k: first[k] for k in same} and control["adherence"]["images"] == 200 and first["steps"] == 3500
+    # the second stage and its control differ in the text encoder alone
+    second = json.loads(shipped_path("lectures", "16_transformers", "second-stage-control.json").read_text())
+    assert {k: second[k] for k in same + ("ema_decay", "warmup")} == {k: record[k] for k in same + ("ema_decay", "warmup")} and record["steps"] == 800
+    assert record["text_encoder_distillation"]["steps"] == 2000 and second["text_encoder_distillation"] is None
+    assert second["first_stage"]["adherence"] == first["adherence"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue #40's bar is not reached yet: on held-out phrasings with filler words the shipped transformer scores 0.67 (bar 0.85; lecture 16)")
 def test_the_shipped_transformer_meets_issue_40s_bar():
     quality = json.loads((FOLDER / "transformer" / "training.json").read_text())["adherence"]
     assert quality["train"]["all"] >= 0.90 and quality["heldout"]["all"] >= 0.85 and quality["filler"]["all"] >= 0.85, quality
+
+
+def test_filler_index_lines_a_caption_up_with_its_filler_and_distillation_teaches_a_copy(sd3):
+    tokenizer, eos = sd3.tokenizer, sd3.tokenizer.eos_token_id
+    ids = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    clean, noisy = ids(["red circle left.", "red circle left."]), ids(["bla, red circle left.", "red circle left., bla foo"])
+    index = filler_index(clean, noisy, eos)
+    end = clean[0].tolist().index(eos)
+    assert torch.equal(noisy[0][index[0] == 1], clean[0][1:2]) and (index[0, 1:4] == end).all()  # filler before: pieces read as the end of text
+    assert torch.equal(index[1, :4], torch.arange(4)) and (index[1, 4:noisy[1].tolist().index(eos)] == end).all()  # after: the caption stays, ".," ends it
+    assert torch.equal(filler_index(clean, clean, eos), torch.arange(clean.shape[1]).expand_as(clean))  # no filler: each token its own
+    with pytest.raises(ValueError, match="caption 0 of clean_ids is not inside caption 0 of noisy_ids"): filler_index(ids(["blue square"]), ids(["red circle"]), eos)
+    teacher, tok = sd3_text_encoder("cpu")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = distil_text_encoder(teacher, tok, steps=3, batch_size=8, warmup=1)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()) and not student.training
+    assert student.config.distillation["steps"] == 3 and "distillation" in student.config.to_json_string()
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_the_shipped_encoder_is_distilled_keeps_clean_captions_and_shrugs_off_filler(sd3):
+    assert sd3.text_encoder.config.distillation["steps"] == 2000 and sd3.text_encoder_2.config.distillation == sd3.text_encoder.config.distillation
+    original, tok = sd3_text_encoder("cpu")
+    clean = adherence_prompts(50)["new_phrasings"]
+    noisy = ["highly detailed, masterpiece, " + c for c in clean]
+    def moved(encoder):
+        "How far the filler in front moves the caption's own token states, relative to the same encoder's states without it."
+        with torch.no_grad(): (ids, states, _), (noisy_ids, noisy_states, _) = encoder_states(encoder, tok, clean), encoder_states(encoder, tok, noisy)
+        index = filler_index(ids, noisy_ids, tok.eos_token_id)
+        own = (index > 0) & (index < (ids == tok.eos_token_id).int().argmax(1, keepdim=True))  # the caption's tokens
+        target = states.gather(1, index[..., None].expand_as(states))
+        return ((noisy_states - target).norm(dim=-1) / target.norm(dim=-1))[own].mean().item()
+    with torch.no_grad(): before, after = encoder_states(original, tok, clean)[1], encoder_states(sd3.text_encoder, tok, clean)[1]
+    assert ((after - before).norm() / before.norm()).item() < 0.15  # clean captions read almost as before
+    assert moved(sd3.text_encoder) < 0.3 * moved(original)  # measured: 0.14 against 0.83 on lecture 16's filler prompts
 
 
 def test_generate_with_the_sd3_folder_reproduces_bit_identically(tmp_path, sd3):
@@ -199,6 +238,11 @@ def test_train_mmdit_smoke_writes_a_pipeline_sd3_loads(tmp_path):
     loaded = load_sd3(tmp_path / "sd3", device="cpu")
     assert loaded.tokenizer.model_max_length == SD3_MAX_LENGTH and loaded.text_encoder_3 is None
     assert type(loaded.transformer.attn_processors[next(iter(loaded.transformer.attn_processors))]).__name__ == "JointAttnProcessor2_0"
+    student = distil_text_encoder(*sd3_text_encoder("cpu"), steps=1, batch_size=4, warmup=0)
+    _, second = train_mmdit(init=tmp_path / "sd3" / "transformer", text_encoder=student, n_images=32, steps=1, batch_size=4, warmup=0, ema_decay=0.0, eval_every=None,
+                            n_eval=2, out=tmp_path / "second", checkpoint=tmp_path / "ck2.safetensors", device="cpu")
+    assert second["first_stage"]["steps"] == 2 and second["text_encoder_distillation"]["steps"] == 1 and "text_encoder=distil_text_encoder" in second["command"]
+    assert load_sd3(tmp_path / "second", device="cpu").text_encoder.config.distillation["steps"] == 1
 
 
 def test_published_configs_have_their_published_sizes():
