@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import cache_dir, check_int, check_output_folder, get_device, load_pretrained, make_recipe, recipe_arguments, save_pretrained_atomic, seeded, shipped_path, training_record
+from .core import cache_dir, check_int, check_number, check_output_folder, get_device, load_pretrained, make_recipe, recipe_arguments, save_pretrained_atomic, seeded, shipped_path, training_record
 from .data import CAPTION_WORDS, FILLER_WORDS, HELDOUT_PHRASINGS, dataset_tensors, eval_prompts, example_caption, grader_accuracy
 from .fewer_steps import flow_interpolate, flow_sigmas, train_flow_unet, training_sigmas
 from .pipeline import ModelKind
 from .sampling import sampling_eval, to_images, unknown_words_message
 from .text import load_mini_clip, load_text_encoder
-from .training import TINY_RECIPE, batch_indices, ema_unet, images_cache, make_pipeline, train_unet
+from .training import TINY_RECIPE, TrainingCache, ema_unet, images_cache, make_pipeline, train_unet, training_batch
 from .unet import make_unet
-from .vae import load_vae, posterior, reparameterize
+from .vae import load_vae, posterior
 
 # %% ../nbs/16_transformers.ipynb #1f899772
 def patchify(x, p):
@@ -411,22 +411,19 @@ def sd3_prompt_features(pipe, prompts, batch_size=250):
 
 @torch.no_grad()
 def sd3_training_cache(pipe, images, captions, batch_size=250):
-    "Lecture 7's `TrainingCache` for the transformer: VAE posteriors of `images` and the prompt features SD3's pipeline computes, with `pooled` beside them."
+    """Lecture 7's `TrainingCache` for the transformer: VAE posteriors of `images` and the prompt features SD3's pipeline computes. The pooled
+    vector rides as one more token at the end of each prompt's `embeddings`, so that lecture 7's `training_batch` drops it with its prompt."""
     mu, logvar = zip(*(posterior(pipe.vae, images[i:i + batch_size].to(pipe.vae.device)) for i in range(0, len(images), batch_size)))
     (embeddings, pooled), (empty, empty_pooled) = sd3_prompt_features(pipe, captions), sd3_prompt_features(pipe, [""])
-    return dict(mu=torch.cat(mu).cpu(), logvar=torch.cat(logvar).cpu(), scaling_factor=pipe.vae.config.scaling_factor, embeddings=embeddings, pooled=pooled,  # mu, logvar [N, 4, 8, 8]
-                empty=empty[0], empty_pooled=empty_pooled[0], captions=list(captions))
+    with_pooled = lambda e, p: torch.cat([e, p[:, None]], dim=1)  # [N, L + 1, 128] and [N, 128] -> [N, L + 2, 128]
+    return TrainingCache(mu=torch.cat(mu).cpu(), logvar=torch.cat(logvar).cpu(), scaling_factor=pipe.vae.config.scaling_factor,  # mu, logvar [N, 4, 8, 8]
+                         embeddings=with_pooled(embeddings, pooled), empty=with_pooled(empty, empty_pooled)[0], captions=list(captions))
 
 # %% ../nbs/16_transformers.ipynb #e3586ebf
 def sd3_batch(cache, step, batch_size, seed=0, p_uncond=0.1, T=1000):
-    "Lecture 7's `training_batch` with the pooled prompt too: `(x0, context, pooled, t, noise)`, a function of `(seed, step)` only; a dropped caption drops both."
-    idx, g = batch_indices(cache, step, batch_size, seed)
-    x0 = reparameterize(cache["mu"][idx], cache["logvar"][idx], torch.randn(cache["mu"][idx].shape, generator=g)) * cache["scaling_factor"]  # [B, 4, 8, 8]
-    drop = torch.rand(batch_size, generator=g) < p_uncond
-    context = torch.where(drop[:, None, None], cache["empty"], cache["embeddings"][idx])  # [B, 49, 128]
-    pooled = torch.where(drop[:, None], cache["empty_pooled"], cache["pooled"][idx])     # [B, 128]
-    t = torch.randint(0, T, (batch_size,), generator=g)
-    return x0, context, pooled, t, torch.randn(x0.shape, generator=g)
+    "Lecture 7's `training_batch` with the pooled prompt split off the end of the context: `(x0, context, pooled, t, noise)`; a dropped caption drops both."
+    x0, context, t, noise = training_batch(cache, step, batch_size, seed, p_uncond, T)  # context: [B, L + 2, 128]
+    return x0, context[:, :-1], context[:, -1], t, noise  # [B, L + 1, 128] (49 tokens), [B, 128]
 
 def sd3_flow_loss(transformer, schedule, x0, context, pooled, t, noise, sampling="logit-normal", shift=1.0):
     "Lecture 15's `flow_loss` for SD3's transformer: regress noise - x0 at sigma = `training_sigmas(t)` (logit-normal by default, as SD3 trains)."
@@ -571,6 +568,7 @@ def distil_text_encoder(text_encoder, tokenizer, steps=2000, batch_size=64, lr=1
     original's state for the clean caption (`filler_index`), and the same pooled vector. The original is the teacher and stays as it is; clean
     captions (1 - `p_filler` of each batch) keep their states. The recipe and final loss travel in the student's config (`distillation`)."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
+    steps, batch_size, n_captions, p_filler = check_int("steps", steps, 1), check_int("batch_size", batch_size, 1), check_int("n_captions", n_captions, 1), check_number("p_filler", p_filler, 0, 1)
     teacher = text_encoder.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     captions, rng = [example_caption(i, "train", 0) for i in range(n_captions)], np.random.default_rng([seed, 1617])

@@ -107,12 +107,13 @@ def test_filler_words_are_unknown_and_the_batches_drop_text_and_pooled_together(
     assert 0.4 < np.mean([m != "a red circle" for m in made]) < 0.6 and not any(w in m for m in made for w in HELDOUT_FILLER)  # FILLER_P = 0.5
     assert add_filler("x", np.random.default_rng(0), ("beautiful",)) in ("beautiful, x", "x, beautiful", "beautiful, beautiful, x", "x, beautiful, beautiful")
     n = 32
-    cache = dict(mu=torch.randn(n, 4, 8, 8), logvar=torch.full((n, 4, 8, 8), -10.0), scaling_factor=0.6, embeddings=torch.randn(n, SD3_MAX_LENGTH + 1, 128),
-                 pooled=torch.randn(n, 128), empty=torch.zeros(SD3_MAX_LENGTH + 1, 128), empty_pooled=torch.zeros(128), captions=["c"] * n)
+    cache = dict(mu=torch.randn(n, 4, 8, 8), logvar=torch.full((n, 4, 8, 8), -10.0), scaling_factor=0.6, embeddings=torch.randn(n, SD3_MAX_LENGTH + 2, 128),
+                 empty=torch.zeros(SD3_MAX_LENGTH + 2, 128), captions=["c"] * n)  # the pooled vector rides as the last token
     a, b = sd3_batch(cache, 3, 16, p_uncond=0.5), sd3_batch(cache, 3, 16, p_uncond=0.5)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     dropped_text, dropped_pooled = (a[1] == 0).all(dim=(1, 2)), (a[2] == 0).all(dim=1)
     assert torch.equal(dropped_text, dropped_pooled) and 0 < dropped_text.sum() < 16
+    assert a[1].shape == (16, SD3_MAX_LENGTH + 1, 128) and a[2].shape == (16, 128)
     loss = sd3_flow_loss(compact_zero_tokens(make_sd3_transformer()), type("S", (), {"T": 1000})(), *a)
     assert torch.isfinite(loss) and loss.item() > 0.5
 
@@ -168,6 +169,8 @@ def test_filler_index_lines_a_caption_up_with_its_filler_and_distillation_teache
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()) and not student.training
     assert student.config.distillation["steps"] == 3 and "distillation" in student.config.to_json_string()
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+    with pytest.raises(ValueError, match="p_filler"): distil_text_encoder(teacher, tok, p_filler=1.5)
+    with pytest.raises(ValueError, match="steps"): distil_text_encoder(teacher, tok, steps=0)
 
 
 def test_the_shipped_encoder_is_distilled_keeps_clean_captions_and_shrugs_off_filler(sd3):
