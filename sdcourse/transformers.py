@@ -7,15 +7,14 @@ Docs: https://sdcourse.github.io/sdcourse/transformers.html.md"""
 # %% auto #0
 __all__ = ['SD3_MAX_LENGTH', 'T5_TOKENS', 'SD3_FOLDER', 'SD3_CONFIG', 'HELDOUT_FILLER', 'FILLER_P', 'SYLLABLES', 'MMDIT_RECIPE',
            'SECOND_STAGE_RECIPE', 'SD3_KIND', 'PUBLISHED', 'patchify', 'unpatchify', 'sincos_1d', 'sincos_2d',
-           'timestep_features', 'modulate', 'layer_norm', 'mlp', 'split_heads', 'merge_heads', 'DiTEmbedder',
-           'DiTBlock', 'copy_weights', 'ScratchDiT', 'rms_norm', 'Stream', 'JointBlock', 'joint_block_names',
-           'ScratchMMDiT', 'rotate', 'rope_tables', 'flux_ids', 'SingleBlock', 'double_block_from_diffusers',
-           'make_sd3_transformer', 'sd3_text_encoder', 'sd3_vae', 'make_sd3_pipeline', 'RepeatedTokenAttention',
-           'compact_zero_tokens', 'default_attention', 'made_up_word', 'add_filler', 'filler_captions',
-           'filler_prompts', 'sd3_prompt_features', 'sd3_training_cache', 'sd3_batch', 'sd3_flow_loss',
-           'adherence_prompts', 'sd3_generate', 'sd3_adherence', 'mmdit_eval', 'as_shipped', 'train_mmdit',
-           'train_unet_control', 'training_flops', 'filler_index', 'encoder_states', 'distil_text_encoder', 'load_sd3',
-           'published_parameters']
+           'modulate', 'layer_norm', 'mlp', 'DiTEmbedder', 'DiTBlock', 'copy_weights', 'ScratchDiT', 'rms_norm',
+           'Stream', 'JointBlock', 'joint_block_names', 'ScratchMMDiT', 'rotate', 'rope_tables', 'flux_ids',
+           'SingleBlock', 'double_block_from_diffusers', 'make_sd3_transformer', 'sd3_text_encoder', 'sd3_vae',
+           'make_sd3_pipeline', 'RepeatedTokenAttention', 'compact_zero_tokens', 'default_attention', 'made_up_word',
+           'add_filler', 'filler_captions', 'filler_prompts', 'sd3_prompt_features', 'sd3_training_cache', 'sd3_batch',
+           'sd3_flow_loss', 'adherence_prompts', 'sd3_generate', 'sd3_adherence', 'mmdit_eval', 'as_shipped',
+           'train_mmdit', 'train_unet_control', 'training_flops', 'filler_index', 'encoder_states',
+           'distil_text_encoder', 'load_sd3', 'published_parameters']
 
 # %% ../nbs/16_transformers.ipynb #12cf64a3
 import copy, dataclasses, json, math, time, warnings
@@ -31,9 +30,10 @@ from .data import CAPTION_WORDS, FILLER_WORDS, HELDOUT_PHRASINGS, dataset_tensor
 from .fewer_steps import flow_interpolate, flow_sigmas, train_flow_unet, training_sigmas
 from .pipeline import ModelKind
 from .sampling import sampling_eval, to_images, unknown_words_message
+from .attention import merge_heads, split_heads
 from .text import load_mini_clip, load_text_encoder
 from .training import TINY_RECIPE, TrainingCache, ema_unet, images_cache, make_pipeline, train_unet, training_batch
-from .unet import make_unet
+from .unet import make_unet, timestep_embedding
 from .vae import load_vae, posterior
 
 # %% ../nbs/16_transformers.ipynb #1f899772
@@ -65,22 +65,12 @@ def sincos_2d(dim, grid, base_size=None):
     return torch.cat([sincos_1d(dim // 2, col.reshape(-1)), sincos_1d(dim // 2, row.reshape(-1))], dim=1).float()  # [grid^2, dim]
 
 # %% ../nbs/16_transformers.ipynb #66f03588
-def timestep_features(t, dim=256, freq_shift=1):
-    """The timestep as `dim` sinusoids, cosines first ([B] -> [B, dim]): diffusers' Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift).
-    DiT divides the exponent by half - 1 (`freq_shift=1`), SD3 and Flux by half (0)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / (half - freq_shift))  # [half]
-    args = t.float()[:, None] * freqs[None]  # [B, half]
-    return torch.cat([args.cos(), args.sin()], dim=1)
-
 def modulate(x, shift, scale):
     "adaLN: normalised tokens x [B, N, D] scaled and shifted per sample by vectors the condition chose ([B, D] each)."
     return x * (1 + scale[:, None]) + shift[:, None]  # [B, N, D]
 
 def layer_norm(x): return F.layer_norm(x, x.shape[-1:], eps=1e-6)  # no gain, no bias: adaLN supplies them
-def mlp(dim): return nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
-def split_heads(y, heads): return y.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, N, D] -> [B, heads, N, D / heads]
-def merge_heads(y): return y.transpose(1, 2).flatten(2)                         # [B, heads, N, d] -> [B, N, heads d]
+def mlp(dim): return nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))  # heads are split and merged by lecture 5's functions
 
 # %% ../nbs/16_transformers.ipynb #fe973541
 class DiTEmbedder(nn.Module):
@@ -90,7 +80,7 @@ class DiTEmbedder(nn.Module):
         self.t1, self.t2 = nn.Linear(256, dim), nn.Linear(dim, dim)
         self.classes = nn.Embedding(n_classes + 1, dim)
 
-    def forward(self, t, y): return self.t2(F.silu(self.t1(timestep_features(t)))) + self.classes(y)  # [B, D]
+    def forward(self, t, y): return self.t2(F.silu(self.t1(timestep_embedding(t, 256, shift=1)))) + self.classes(y)  # [B, D]: DiT's sinusoids (lecture 6's, shift 1)
 
 # %% ../nbs/16_transformers.ipynb #237a216c
 class DiTBlock(nn.Module):
@@ -228,7 +218,7 @@ class ScratchMMDiT(nn.Module):
 
     def forward(self, x, t, text, pooled):
         tokens = self.proj_in(x).flatten(2).transpose(1, 2) + self.positions(x.shape[-2] // self.p, x.shape[-1] // self.p)  # [B, N, D]
-        c = self.t2(F.silu(self.t1(timestep_features(t, freq_shift=0)))) + self.p2(F.silu(self.p1(pooled)))  # [B, D]: the time and the whole prompt
+        c = self.t2(F.silu(self.t1(timestep_embedding(t, 256)))) + self.p2(F.silu(self.p1(pooled)))  # [B, D]: the time and the whole prompt
         ctx = self.context_in(text)  # [B, L, D]
         for block in self.blocks: tokens, ctx = block(tokens, ctx, c)
         scale, shift = self.final_ada(F.silu(c)).chunk(2, dim=1)  # [B, D] each; AdaLayerNormContinuous: scale first

@@ -22,11 +22,12 @@ from .attention import MultiHeadAttention
 from .core import get_device, load_pretrained, shipped_path
 
 # %% ../nbs/06_unet.ipynb #34318bc2
-def timestep_embedding(t, dim, max_period=10_000):
-    "Sinusoidal features of timesteps `t` [B]: [cos(t w_k), sin(t w_k)] with w_k = max_period^(-k / (dim/2))."
+def timestep_embedding(t, dim, max_period=10_000, shift=0):
+    """Sinusoidal features of timesteps `t` [B]: [cos(t w_k), sin(t w_k)] with w_k = max_period^(-k / (dim/2 - shift)).
+    Stable Diffusion, SD3 and Flux use shift 0; DiT (lecture 16) divides by dim/2 - 1 (diffusers' `downscale_freq_shift`)."""
     if dim % 2: raise ValueError(f"dim must be even (half cosines, half sines), got {dim}")
     half = dim // 2
-    w = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    w = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - shift))
     angles = t.float()[:, None] * w[None]  # [B, 1] * [1, dim/2] -> [B, dim/2]
     return torch.cat([angles.cos(), angles.sin()], dim=-1)  # [B, dim]
 

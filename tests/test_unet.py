@@ -21,6 +21,7 @@ def test_timestep_embedding_equals_diffusers():
     for dim in (8, 32, 320):
         ours, theirs = timestep_embedding(t, dim), get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         assert (ours - theirs).abs().max() < 1e-6
+    assert torch.equal(timestep_embedding(t, 256, shift=1), get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=1))  # DiT's (lecture 16)
     with pytest.raises(ValueError, match="dim must be even"): timestep_embedding(t, 33)
 
 
